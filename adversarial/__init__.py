@@ -1,0 +1,4 @@
+"""Gauntlet's engine: pure PyTorch threat models, attacks, evaluation and model loading.
+
+Imports nothing from ``service`` or ``worker``, nor any web, database or queue library.
+"""

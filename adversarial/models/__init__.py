@@ -1,0 +1,1 @@
+"""Model architectures, safe loaders and the input-space wrapper."""
