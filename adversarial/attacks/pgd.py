@@ -1,0 +1,105 @@
+"""Projected Gradient Descent (and, without random start, the Basic Iterative Method)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from adversarial.attacks.base import Attack, StepCallback, register
+from adversarial.threat import ThreatModel
+
+
+@register
+class PGD(Attack):
+    """PGD: iterated steepest-ascent steps on the cross-entropy loss, projected to the ball.
+
+    Madry et al., "Towards Deep Learning Models Resistant to Adversarial Attacks", ICLR 2018;
+    without ``random_start`` it is the Basic Iterative Method of Kurakin et al. 2016.
+
+    Distance: the threat model's norm (``linf`` or ``l2``).
+    Arguments:
+        steps (int): gradient steps per restart. Default: 10.
+        step_size (float | None): step length; ``None`` means ``2.5 * eps / steps``
+            (Madry et al.'s rule, enough to cross the ball).
+        random_start (bool): start from a uniform point in the ball. Default: True.
+        restarts (int): independent runs; later runs attack only the examples that every
+            earlier run failed to fool, and each example keeps its worst case. Default: 1.
+        early_stop (bool): stop spending gradients on an example as soon as an iterate
+            fools the model, and keep that iterate (the per-example worst case). With
+            ``False`` every example runs all steps and the final iterate counts, as in
+            torchattacks. Default: True.
+    Shapes: ``x`` ``[N, C, H, W]`` in the input range, ``y`` ``[N]`` class indices.
+
+    Example::
+
+        attack = PGD(model, LinfBall(eps=8 / 255), steps=20, restarts=2)
+        x_adv = attack(x, y)
+    """
+
+    name = "pgd"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        threat: ThreatModel,
+        *,
+        steps: int = 10,
+        step_size: float | None = None,
+        random_start: bool = True,
+        restarts: int = 1,
+        early_stop: bool = True,
+        generator: torch.Generator | None = None,
+        on_step: StepCallback | None = None,
+    ) -> None:
+        super().__init__(model, threat, generator=generator, on_step=on_step)
+        if steps < 1:
+            raise ValueError(f"steps must be >= 1, got {steps}")
+        if restarts < 1:
+            raise ValueError(f"restarts must be >= 1, got {restarts}")
+        self.steps = steps
+        self.step_size = 2.5 * threat.eps / steps if step_size is None else float(step_size)
+        if self.step_size < 0:
+            raise ValueError(f"step_size must be >= 0, got {step_size}")
+        self.random_start = random_start
+        self.restarts = restarts
+        self.early_stop = early_stop
+
+    def planned_steps(self) -> int:
+        return self.steps * self.restarts
+
+    def perturb(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        best = x.clone()
+        fooled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+        for _ in range(self.restarts):
+            remaining = (~fooled).nonzero().squeeze(1)
+            if remaining.numel() == 0:
+                break
+            x_adv, fooled_here = self._run(x[remaining], y[remaining])
+            best[remaining] = x_adv
+            fooled[remaining] = fooled_here
+        return best
+
+    def _run(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One restart: returns the adversarial inputs and which of them fool the model."""
+        threat = self.threat
+        x_adv = threat.random_init(x, self.generator) if self.random_start else x.clone()
+        result = x_adv.clone()
+        fooled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+        # Positions (into x) of the examples still being attacked.
+        active = torch.arange(x.shape[0], device=x.device)
+        for _ in range(self.steps):
+            grad, logits = self.loss_gradient(x_adv, y[active])
+            if self.early_stop:
+                fooled_now = logits.argmax(dim=1) != y[active]
+                if fooled_now.any():
+                    result[active[fooled_now]] = x_adv[fooled_now]
+                    fooled[active[fooled_now]] = True
+                    keep = ~fooled_now
+                    active, x_adv, grad = active[keep], x_adv[keep], grad[keep]
+                    if active.numel() == 0:
+                        return result, fooled
+            x_adv = threat.project(threat.step(x_adv, grad, self.step_size), x[active])
+        result[active] = x_adv
+        with torch.no_grad():
+            fooled[active] = self.model(x_adv).argmax(dim=1) != y[active]
+        return result, fooled

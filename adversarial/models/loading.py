@@ -1,0 +1,383 @@
+"""Loading untrusted model uploads as data, and checking them against their declared shapes.
+
+Accepted formats (DESIGN.md, "Model formats"):
+
+- ``safetensors``: a state_dict, loaded into a built-in architecture (data only).
+- ``pt``: a ``torch.save`` zip of a state_dict; the zip is checked first
+  (:func:`adversarial.models.archive.check_torch_zip`), then read with
+  ``torch.load(..., weights_only=True)``, which refuses pickled code and whole modules.
+- ``onnx``: any graph, converted by :mod:`adversarial.models.onnx_graph`.
+
+TorchScript, ``torch.export`` ``.pt2`` and pickled whole models are refused with a message
+that says how to export a state_dict or ONNX instead. Nothing here ever unpickles without
+``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import io
+import math
+import pickle
+import re
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from adversarial.errors import ModelFormatError
+from adversarial.models.archive import EXPORT_ADVICE, check_torch_zip
+from adversarial.models.wrapper import InputSpaceModel
+from adversarial.models.zoo import build_architecture
+
+MODEL_FORMATS = ("safetensors", "pt", "onnx")
+STATE_DICT_FORMATS = ("safetensors", "pt")
+DEFAULT_MAX_BYTES = 512 * 2**20
+
+# Keys under which training scripts commonly nest the state_dict in a checkpoint.
+_STATE_DICT_WRAPPER_KEYS = ("state_dict", "model_state_dict")
+# How many keys a mismatch message names before summarizing the rest.
+_KEYS_SHOWN = 8
+_GLOBAL_PATTERN = re.compile(r"GLOBAL ([A-Za-z_][\w.]*)")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What an upload claims to be: its format and the input/output it declares.
+
+    Lists are accepted where tuples are documented (JSON gives lists) and stored as tuples.
+
+    Attributes:
+        format: ``"safetensors"``, ``"pt"`` or ``"onnx"``.
+        input_shape: ``(C, H, W)`` of one example.
+        num_classes: width of the logits (at least 2).
+        input_range: ``(low, high)`` bounds of valid inputs; attacks stay inside them.
+        normalization: ``(mean, std)`` per channel (or one value for all), applied inside the
+            wrapped model; None for a model that takes raw inputs.
+        architecture: built-in architecture name; required for state_dict formats and
+            refused for ONNX (the graph is the architecture).
+        architecture_kwargs: keyword arguments for the architecture.
+    """
+
+    format: str
+    input_shape: tuple[int, int, int]
+    num_classes: int
+    input_range: tuple[float, float] = (0.0, 1.0)
+    normalization: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+    architecture: str | None = None
+    architecture_kwargs: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        shape = tuple(self.input_shape)
+        if len(shape) != 3 or not all(
+            isinstance(size, int) and not isinstance(size, bool) and size > 0 for size in shape
+        ):
+            raise ModelFormatError(
+                "bad_input_shape",
+                f"input_shape must be [C, H, W] with positive integers, got {self.input_shape!r}.",
+            )
+        object.__setattr__(self, "input_shape", shape)
+        if (
+            isinstance(self.num_classes, bool)
+            or not isinstance(self.num_classes, int)
+            or self.num_classes < 2
+        ):
+            raise ModelFormatError(
+                "bad_num_classes",
+                f"num_classes must be an integer of at least 2, got {self.num_classes!r}.",
+            )
+        try:
+            low, high = (float(bound) for bound in self.input_range)
+        except (TypeError, ValueError):
+            low, high = math.nan, math.nan
+        if not (math.isfinite(low) and math.isfinite(high) and low < high):
+            raise ModelFormatError(
+                "bad_input_range",
+                f"input_range must be [low, high] with finite low < high, got {self.input_range}.",
+            )
+        object.__setattr__(self, "input_range", (low, high))
+        if self.normalization is not None:
+            try:
+                mean, std = (
+                    tuple(float(value) for value in values) for values in self.normalization
+                )
+            except (TypeError, ValueError) as error:
+                raise ModelFormatError(
+                    "bad_normalization",
+                    "normalization must be {mean: [...], std: [...]} with one number per channel.",
+                ) from error
+            object.__setattr__(self, "normalization", (mean, std))
+
+
+def load_model(
+    data: bytes, spec: ModelSpec, *, max_bytes: int = DEFAULT_MAX_BYTES
+) -> InputSpaceModel:
+    """Load an uploaded model as data and wrap it in its declared input space.
+
+    Returns the :class:`InputSpaceModel` in eval mode on the CPU. It has not run yet: call
+    :func:`check_model` before trusting the declared shapes.
+
+    For ``onnx`` an ``architecture`` is refused (``architecture_not_applicable``) rather than
+    ignored, so a user who thinks it matters learns that it does not.
+
+    Raises:
+        ModelFormatError: ``too_large``, ``unknown_format``, ``architecture_required``,
+            ``architecture_not_applicable``, ``safetensors_invalid``, ``not_a_state_dict``,
+            ``state_dict_mismatch``, ``pickled_model_refused``, ``pickle_refused``,
+            ``pt_invalid``, any code of :func:`check_torch_zip` and of
+            :func:`adversarial.models.zoo.build_architecture`, and those of ``load_onnx``.
+    """
+    if len(data) > max_bytes:
+        raise ModelFormatError(
+            "too_large", f"The model file is {len(data)} bytes; the limit is {max_bytes}."
+        )
+    if spec.format not in MODEL_FORMATS:
+        raise ModelFormatError(
+            "unknown_format",
+            f"Unknown model format {spec.format!r}; accepted: {', '.join(MODEL_FORMATS)}.",
+        )
+    if spec.format == "onnx":
+        network = _load_onnx(data, spec, max_bytes=max_bytes)
+    else:
+        if spec.architecture is None:
+            raise ModelFormatError(
+                "architecture_required",
+                f"A {spec.format} file holds weights only; name the built-in architecture "
+                "they belong to (GET /v1/architectures lists them).",
+            )
+        if spec.format == "safetensors":
+            state_dict = _read_safetensors(data)
+        else:
+            state_dict = _read_torch_state_dict(data, max_bytes=max_bytes)
+        network = build_architecture(
+            spec.architecture, spec.architecture_kwargs, spec.input_shape, spec.num_classes
+        )
+        _load_state_dict(network, state_dict, spec.architecture)
+    model = InputSpaceModel(
+        network,
+        input_shape=spec.input_shape,
+        num_classes=spec.num_classes,
+        input_range=spec.input_range,
+        normalization=spec.normalization,
+    )
+    return model.to("cpu").eval()
+
+
+def check_model(
+    model: nn.Module,
+    spec: ModelSpec,
+    *,
+    device: torch.device | str = "cpu",
+    batch_size: int = 4,
+    seed: int = 0,
+) -> None:
+    """Run one real forward pass and check the output against the declared spec.
+
+    The batch is ``batch_size`` seeded uniform samples inside ``spec.input_range`` with
+    shape ``spec.input_shape``, created on ``device`` (where ``model`` must already be).
+    The model runs in eval mode without gradients; its train/eval mode is restored.
+
+    Raises:
+        ModelFormatError: ``forward_failed`` (the forward raised; its message is included),
+            ``bad_output_shape`` (not a tensor ``[batch_size, num_classes]``),
+            ``bad_output_dtype`` (not floating-point logits) or ``non_finite_output``.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    low, high = spec.input_range
+    inputs = low + (high - low) * torch.rand((batch_size, *spec.input_shape), generator=generator)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            outputs = model(inputs.to(device))
+    except Exception as error:  # any failure of user code is a verdict on it
+        raise ModelFormatError(
+            "forward_failed",
+            f"A forward pass on a batch of shape {[batch_size, *spec.input_shape]} failed: "
+            f"{type(error).__name__}: {_shortened(str(error))}",
+        ) from error
+    finally:
+        model.train(was_training)
+    expected = [batch_size, spec.num_classes]
+    if not isinstance(outputs, torch.Tensor):
+        raise ModelFormatError(
+            "bad_output_shape",
+            f"The model returned {type(outputs).__name__}, expected a tensor of shape {expected}.",
+        )
+    if list(outputs.shape) != expected:
+        raise ModelFormatError(
+            "bad_output_shape",
+            f"The model returned shape {list(outputs.shape)} for {batch_size} inputs, expected "
+            f"{expected} ([batch, num_classes] with num_classes={spec.num_classes}).",
+        )
+    if not outputs.is_floating_point():
+        raise ModelFormatError(
+            "bad_output_dtype",
+            f"The model returned {outputs.dtype} values; expected floating-point logits.",
+        )
+    if not bool(torch.isfinite(outputs).all()):
+        raise ModelFormatError(
+            "non_finite_output", "The model returned NaN or infinite values for valid inputs."
+        )
+
+
+def _load_onnx(data: bytes, spec: ModelSpec, *, max_bytes: int) -> nn.Module:
+    if spec.architecture is not None:
+        raise ModelFormatError(
+            "architecture_not_applicable",
+            "An ONNX file carries its own graph; leave out the architecture.",
+        )
+    # Imported here so the state_dict formats work without the ONNX converter.
+    from adversarial.models.onnx_graph import load_onnx
+
+    return load_onnx(data, max_bytes=max_bytes)
+
+
+def _read_safetensors(data: bytes) -> dict[str, torch.Tensor]:
+    import safetensors.torch
+
+    try:
+        return dict(safetensors.torch.load(data))
+    except Exception as error:  # the parser's error types vary by version
+        raise ModelFormatError(
+            "safetensors_invalid",
+            f"The file is not a valid safetensors file: {_shortened(str(error))}",
+        ) from error
+
+
+def _read_torch_state_dict(data: bytes, *, max_bytes: int) -> dict[str, torch.Tensor]:
+    check_torch_zip(data, max_total_bytes=max_bytes)
+    try:
+        # weights_only=True is the security boundary: it only rebuilds tensors and plain
+        # containers. mmap=False because a global torch config could turn mmap on.
+        loaded = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True, mmap=False)
+    except pickle.UnpicklingError as error:
+        raise _refusal(str(error)) from error
+    except Exception as error:  # torch raises many types for a broken file
+        raise ModelFormatError(
+            "pt_invalid", f"torch could not read the file: {_shortened(str(error))}"
+        ) from error
+    return _as_state_dict(loaded)
+
+
+def _refusal(message: str) -> ModelFormatError:
+    """Turn torch's weights-only refusal into a pickled-model or pickle refusal."""
+    match = _GLOBAL_PATTERN.search(message)
+    if match is None:
+        return ModelFormatError(
+            "pickle_refused",
+            "The file holds pickled Python objects beyond tensors and plain containers, "
+            "which are not loaded. " + EXPORT_ADVICE,
+        )
+    dotted_name = match.group(1)
+    if _names_model_class(dotted_name):
+        return ModelFormatError(
+            "pickled_model_refused",
+            f"The file is a pickled whole model (it holds a {dotted_name} object, as "
+            "torch.save(model) writes); pickled whole models carry code and are not loaded. "
+            + EXPORT_ADVICE,
+        )
+    return ModelFormatError(
+        "pickle_refused",
+        f"The file holds a pickled Python object ({dotted_name}); only tensors and plain "
+        "containers are loaded. " + EXPORT_ADVICE,
+    )
+
+
+def _names_model_class(dotted_name: str) -> bool:
+    """Whether a pickled global is a model class (an nn.Module or a user's own class).
+
+    Never imports anything: importing a module named by an upload would run its code. A
+    name in an already imported module is looked up statically; a name we cannot resolve
+    (the uploader's own code) counts as a class when it is capitalised, as classes are.
+    """
+    parts = dotted_name.split(".")
+    for split in range(len(parts) - 1, 0, -1):
+        module = sys.modules.get(".".join(parts[:split]))
+        if module is None:
+            continue
+        value: Any = module
+        try:
+            for attribute in parts[split:]:
+                value = inspect.getattr_static(value, attribute)
+        except AttributeError:
+            break
+        return isinstance(value, type) and issubclass(value, nn.Module)
+    return parts[0] != "torch" and parts[-1][:1].isupper()
+
+
+def _as_state_dict(loaded: object) -> dict[str, torch.Tensor]:
+    """A flat ``str -> Tensor`` mapping, unwrapping ``{"state_dict": ...}`` checkpoints."""
+    if isinstance(loaded, Mapping) and not _is_flat_state_dict(loaded):
+        for key in _STATE_DICT_WRAPPER_KEYS:
+            if isinstance(loaded.get(key), Mapping):
+                loaded = loaded[key]
+                break
+    if not isinstance(loaded, Mapping) or not _is_flat_state_dict(loaded):
+        raise ModelFormatError(
+            "not_a_state_dict",
+            "The file does not hold a state_dict (a flat mapping of parameter names to "
+            f"tensors), nor one under {' or '.join(map(repr, _STATE_DICT_WRAPPER_KEYS))}. "
+            + EXPORT_ADVICE,
+        )
+    state_dict = dict(loaded)
+    # DataParallel / DistributedDataParallel prefix every key; the weights are the same.
+    if state_dict and all(key.startswith("module.") for key in state_dict):
+        state_dict = {key.removeprefix("module."): value for key, value in state_dict.items()}
+    return state_dict
+
+
+def _is_flat_state_dict(candidate: Mapping[Any, Any]) -> bool:
+    return bool(candidate) and all(
+        isinstance(key, str) and isinstance(value, torch.Tensor) for key, value in candidate.items()
+    )
+
+
+def _load_state_dict(
+    network: nn.Module, state_dict: Mapping[str, torch.Tensor], architecture: str
+) -> None:
+    """``load_state_dict(strict=True)`` with a short, readable mismatch message."""
+    expected = network.state_dict()
+    missing = [key for key in expected if key not in state_dict]
+    unexpected = [key for key in state_dict if key not in expected]
+    mismatched = [
+        f"{key}: file {list(state_dict[key].shape)}, model {list(expected[key].shape)}"
+        for key in expected
+        if key in state_dict and state_dict[key].shape != expected[key].shape
+    ]
+    problems = [
+        f"{label} ({len(items)}): {_listed(items)}"
+        for label, items in (
+            ("missing keys", missing),
+            ("unexpected keys", unexpected),
+            ("shape mismatches", mismatched),
+        )
+        if items
+    ]
+    if problems:
+        raise ModelFormatError(
+            "state_dict_mismatch",
+            f"The weights do not fit architecture {architecture!r} with these kwargs and "
+            f"shapes: {'; '.join(problems)}.",
+        )
+    try:
+        network.load_state_dict(state_dict, strict=True)
+    except RuntimeError as error:
+        raise ModelFormatError(
+            "state_dict_mismatch",
+            f"The weights do not fit architecture {architecture!r}: {_shortened(str(error))}",
+        ) from error
+
+
+def _listed(items: list[str]) -> str:
+    shown = ", ".join(items[:_KEYS_SHOWN])
+    hidden = len(items) - _KEYS_SHOWN
+    return shown + (f" and {hidden} more" if hidden > 0 else "")
+
+
+def _shortened(message: str, limit: int = 500) -> str:
+    message = " ".join(message.split())
+    return message if len(message) <= limit else message[: limit - 3] + "..."

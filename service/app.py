@@ -1,0 +1,56 @@
+"""The FastAPI application."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI
+from starlette.types import Scope
+
+from service import architectures, health
+from service.datasets.router import router as datasets_router
+from service.jobs.router import router as jobs_router
+from service.limits import BodySizeLimit
+from service.models.router import router as models_router
+from service.problems import Problem, install_handlers
+from service.settings import get_settings
+
+VERSION = "0.1.0"
+
+DESCRIPTION = """\
+Gauntlet audits the adversarial robustness of trained classifiers.
+
+Upload a model (`POST /v1/models`), optionally a dataset (`POST /v1/datasets`), submit an
+audit (`POST /v1/jobs`), poll `GET /v1/jobs/{id}` and read `result`. Every request needs
+`Authorization: Bearer <api key>`; errors are `application/problem+json`.
+"""
+
+
+def create_app() -> FastAPI:
+    """Build the API application."""
+    settings = get_settings()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    problem_responses = {
+        status: {"model": Problem, "content": {"application/problem+json": {}}}
+        for status in (401, 404, 413, 422)
+    }
+    app = FastAPI(
+        title="Gauntlet",
+        version=VERSION,
+        description=DESCRIPTION,
+        responses=problem_responses,  # type: ignore[arg-type]
+    )
+    install_handlers(app)
+    for router in (models_router, datasets_router, jobs_router, architectures.router):
+        app.include_router(router)
+    app.include_router(health.router)
+
+    def limit_for(scope: Scope) -> int:
+        headers = dict(scope.get("headers") or [])
+        if headers.get(b"content-type", b"").startswith(b"multipart/"):
+            return settings.max_request_bytes
+        return settings.max_json_bytes
+
+    app.add_middleware(BodySizeLimit, limit_for=limit_for)
+    app.add_middleware(health.MetricsMiddleware)
+    return app

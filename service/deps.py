@@ -1,0 +1,59 @@
+"""Request dependencies: the transaction-owning session and the calling principal."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, Header
+from sqlalchemy.orm import Session
+
+from service.database import get_sessionmaker, run_after_commit
+from service.problems import ProblemError
+from service.settings import Settings, get_settings
+from service.tenants.service import Principal, authenticate
+
+
+def get_session() -> Iterator[Session]:
+    """One transaction per request: commit on success, roll back on error.
+
+    Callbacks registered with ``service.database.after_commit`` run once the commit
+    succeeded (a job id must not reach the broker before its row is visible to workers).
+    """
+    session = get_sessionmaker()()
+    try:
+        yield session
+        session.commit()
+        run_after_commit(session)
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+def get_principal(
+    session: SessionDep,
+    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> Principal:
+    """The tenant behind the request's ``Authorization: Bearer <api key>`` header."""
+    challenge = {"WWW-Authenticate": "Bearer"}
+    if not authorization:
+        raise ProblemError(401, "unauthenticated", "missing Authorization header",
+                           headers=challenge)
+    scheme, _, key = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
+        raise ProblemError(401, "unauthenticated", "expected 'Authorization: Bearer <api key>'",
+                           headers=challenge)
+    principal = authenticate(session, key.strip())
+    if principal is None:
+        raise ProblemError(401, "unauthenticated", "unknown or revoked API key",
+                           headers=challenge)
+    return principal
+
+
+PrincipalDep = Annotated[Principal, Depends(get_principal)]

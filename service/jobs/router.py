@@ -1,0 +1,111 @@
+"""HTTP routes of /v1/jobs."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Header, Query, Response
+from fastapi.responses import HTMLResponse
+
+from service.deps import PrincipalDep, SessionDep, SettingsDep
+from service.jobs import repository, service
+from service.jobs.report import render_report
+from service.jobs.schemas import ArtifactRead, JobList, JobRead
+from service.jobs.specs import JobSpec
+from service.pagination import Cursor, Limit, next_cursor
+from service.problems import not_found
+from service.storage import get_store
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key", max_length=255,
+        description="Retrying with the same key and body returns the same job, never a second "
+        "one; the same key with another body is a 422.",
+    ),
+]
+
+
+@router.post("", status_code=202)
+def create_job(
+    principal: PrincipalDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    spec: JobSpec,
+    response: Response,
+    idempotency_key: IdempotencyKey = None,
+) -> JobRead:
+    """Submit a job; poll GET /v1/jobs/{id} until its status is final."""
+    job, created = service.submit(
+        session, principal, spec, idempotency_key=idempotency_key, settings=settings
+    )
+    if not created:
+        response.status_code = 200
+        response.headers["Idempotent-Replayed"] = "true"
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    return JobRead.from_row(job)
+
+
+@router.get("")
+def list_jobs(
+    principal: PrincipalDep,
+    session: SessionDep,
+    limit: Limit = 50,
+    cursor: Cursor = None,
+    status: Annotated[
+        Literal["queued", "running", "succeeded", "failed", "cancelled"] | None, Query()
+    ] = None,
+    kind: Annotated[str | None, Query(max_length=30)] = None,
+    model_id: Annotated[str | None, Query(max_length=80)] = None,
+) -> JobList:
+    """List the tenant's jobs, newest first, optionally filtered."""
+    rows = repository.list_page(
+        session, principal.tenant_id, limit=limit, cursor=cursor, status=status, kind=kind,
+        model_id=model_id,
+    )
+    return JobList(
+        items=[JobRead.from_row(r) for r in rows],
+        next_cursor=next_cursor([r.id for r in rows], limit),
+    )
+
+
+@router.get("/{job_id}")
+def get_job(principal: PrincipalDep, session: SessionDep, job_id: str) -> JobRead:
+    """Get a job: status, progress, timestamps, error, result."""
+    return JobRead.from_row(service.get_job(session, principal, job_id))
+
+
+@router.post("/{job_id}/cancel", status_code=202)
+def cancel_job(principal: PrincipalDep, session: SessionDep, job_id: str) -> JobRead:
+    """Cancel a job: a queued one at once, a running one at its worker's next heartbeat."""
+    return JobRead.from_row(service.cancel(session, principal, job_id))
+
+
+@router.get("/{job_id}/report", response_class=HTMLResponse)
+def job_report(principal: PrincipalDep, session: SessionDep, job_id: str) -> HTMLResponse:
+    """A self-contained HTML report of a job."""
+    job = service.get_job(session, principal, job_id)
+    return HTMLResponse(render_report(JobRead.from_row(job)))
+
+
+@router.get("/{job_id}/artifacts")
+def list_artifacts(principal: PrincipalDep, session: SessionDep, job_id: str) -> list[ArtifactRead]:
+    """List the files a job produced."""
+    job = service.get_job(session, principal, job_id)
+    return [ArtifactRead.from_row(a) for a in repository.list_artifacts(session, job.id)]
+
+
+@router.get("/{job_id}/artifacts/{name}")
+def get_artifact(principal: PrincipalDep, session: SessionDep, job_id: str, name: str) -> Response:
+    """Download one file a job produced."""
+    job = service.get_job(session, principal, job_id)
+    artifact = repository.get_artifact(session, job.id, name)
+    if artifact is None:
+        raise not_found("artifact", name)
+    return Response(
+        get_store().read_bytes(artifact.sha256),
+        media_type=artifact.content_type,
+        headers={"Content-Disposition": f'attachment; filename="{artifact.name}"'},
+    )

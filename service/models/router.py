@@ -1,0 +1,71 @@
+"""HTTP routes of /v1/models."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+from fastapi import APIRouter, Form, Response, UploadFile
+from pydantic import ValidationError
+
+from service.deps import PrincipalDep, SessionDep, SettingsDep
+from service.models import repository, service
+from service.models.schemas import ModelList, ModelMeta, ModelRead
+from service.pagination import Cursor, Limit, next_cursor
+from service.problems import invalid, validation_problem, field_errors
+from service.storage import get_store
+
+router = APIRouter(prefix="/v1/models", tags=["models"])
+
+
+def parse_meta(raw: str) -> ModelMeta:
+    """The upload's ``meta`` form field as :class:`ModelMeta`, or a 422 naming the field."""
+    try:
+        document = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise invalid("meta", f"not valid JSON ({exc.msg} at position {exc.pos})") from None
+    try:
+        return ModelMeta.model_validate(document)
+    except ValidationError as exc:
+        raise validation_problem(field_errors(exc, prefix="meta")) from None
+
+
+@router.post("", status_code=202)
+def upload_model(
+    principal: PrincipalDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    file: UploadFile,
+    meta: Annotated[str, Form(description="JSON: name, format, input_shape, num_classes, "
+                                          "input_range, normalization, architecture.")],
+) -> ModelRead:
+    """Upload a model file; it is validated by a worker (status 'validating' until then)."""
+    model = service.upload_model(
+        session, principal, parse_meta(meta), file.file, store=get_store(), settings=settings
+    )
+    return ModelRead.from_row(model)
+
+
+@router.get("")
+def list_models(
+    principal: PrincipalDep, session: SessionDep, limit: Limit = 50, cursor: Cursor = None
+) -> ModelList:
+    """List the tenant's models, newest first."""
+    rows = repository.list_page(session, principal.tenant_id, limit=limit, cursor=cursor)
+    return ModelList(
+        items=[ModelRead.from_row(r) for r in rows],
+        next_cursor=next_cursor([r.id for r in rows], limit),
+    )
+
+
+@router.get("/{model_id}")
+def get_model(principal: PrincipalDep, session: SessionDep, model_id: str) -> ModelRead:
+    """Get a model, including its validation status and error."""
+    return ModelRead.from_row(service.get_model(session, principal, model_id))
+
+
+@router.delete("/{model_id}", status_code=204)
+def delete_model(principal: PrincipalDep, session: SessionDep, model_id: str) -> Response:
+    """Delete a model; jobs that used it keep their results."""
+    service.delete_model(session, principal, model_id)
+    return Response(status_code=204)

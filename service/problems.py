@@ -1,0 +1,174 @@
+"""Errors as ``application/problem+json`` (RFC 9457), never a stack trace.
+
+Every problem carries ``type``, ``title``, ``status``, ``detail`` and a stable ``code``;
+validation problems add ``errors``: a list of ``{field, reason}``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+logger = logging.getLogger(__name__)
+
+PROBLEM_JSON = "application/problem+json"
+
+
+class FieldError(BaseModel):
+    """One invalid field: where it is and why it was refused."""
+
+    field: str
+    reason: str
+
+
+class Problem(BaseModel):
+    """The body of every error response."""
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str
+    code: str
+    errors: list[FieldError] | None = None
+
+
+class ProblemError(Exception):
+    """Raise anywhere in a request to answer with a problem document."""
+
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        detail: str,
+        *,
+        title: str | None = None,
+        errors: Sequence[FieldError] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.code = code
+        self.detail = detail
+        self.title = title or _TITLES.get(status, "Error")
+        self.errors = list(errors) if errors is not None else None
+        self.headers = headers
+
+
+_TITLES = {
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    409: "Conflict",
+    413: "Content Too Large",
+    415: "Unsupported Media Type",
+    422: "Unprocessable Content",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
+
+
+def not_found(kind: str, object_id: str) -> ProblemError:
+    """The 404 for a missing object, identical whether it is absent or another tenant's."""
+    return ProblemError(404, "not_found", f"{kind} {object_id!r} not found")
+
+
+def invalid(field: str, reason: str, *, code: str = "invalid_request") -> ProblemError:
+    """A 422 about one field."""
+    return ProblemError(
+        422, code, f"{field}: {reason}", errors=[FieldError(field=field, reason=reason)]
+    )
+
+
+def problem_response(
+    status: int,
+    code: str,
+    detail: str,
+    *,
+    title: str | None = None,
+    errors: Sequence[FieldError] | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    """A problem+json response."""
+    body = Problem(
+        title=title or _TITLES.get(status, "Error"),
+        status=status,
+        detail=detail,
+        code=code,
+        errors=list(errors) if errors is not None else None,
+    )
+    return JSONResponse(
+        body.model_dump(exclude_none=True), status_code=status, media_type=PROBLEM_JSON,
+        headers=headers,
+    )
+
+
+def field_path(location: Sequence[Any]) -> str:
+    """``("body", "attacks", 0, "eps")`` -> ``attacks[0].eps`` (the request part dropped)."""
+    parts = list(location)
+    if parts and parts[0] in ("body", "query", "path", "header", "form"):
+        parts = parts[1:]
+    text = ""
+    for part in parts:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += f".{part}" if text else str(part)
+    return text or "body"
+
+
+def field_errors(exc: ValidationError | RequestValidationError, prefix: str = "") -> list[FieldError]:
+    """Pydantic errors as ``{field, reason}`` items, ``prefix`` prepended to each field."""
+    errors = []
+    for error in exc.errors():
+        path = field_path(error.get("loc", ()))
+        if prefix:
+            path = prefix if path == "body" else f"{prefix}.{path}"
+        message = str(error.get("msg", "invalid"))
+        # Pydantic's "Value error, ..." prefix says nothing to a user.
+        message = message.removeprefix("Value error, ")
+        errors.append(FieldError(field=path, reason=message))
+    return errors
+
+
+def validation_problem(errors: list[FieldError]) -> ProblemError:
+    """A 422 listing every invalid field."""
+    summary = "; ".join(f"{e.field}: {e.reason}" for e in errors[:5])
+    return ProblemError(422, "validation_error", summary or "invalid request", errors=errors)
+
+
+def install_handlers(app: FastAPI) -> None:
+    """Answer every error as problem+json."""
+
+    @app.exception_handler(ProblemError)
+    async def _problem(_request: Request, exc: ProblemError) -> JSONResponse:
+        return problem_response(
+            exc.status, exc.code, exc.detail, title=exc.title, errors=exc.errors,
+            headers=exc.headers,
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        problem = validation_problem(field_errors(exc))
+        return problem_response(422, problem.code, problem.detail, errors=problem.errors)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return problem_response(
+            exc.status_code, code, str(exc.detail), headers=getattr(exc, "headers", None)
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unhandled error on %s %s", request.method, request.url.path)
+        return problem_response(500, "internal_error", "an internal error occurred")

@@ -1,0 +1,99 @@
+"""All configuration, read once from ``GAUNTLET_*`` environment variables.
+
+Nothing else in the code base reads ``os.environ``. The defaults are the embedded setup:
+everything under ``GAUNTLET_DATA_DIR`` (``.gauntlet/``), a SQLite file, a local artifact
+folder and Celery's filesystem transport, so one command runs the whole service with no
+external servers. Production points ``GAUNTLET_DATABASE_URL`` at Postgres and
+``GAUNTLET_BROKER_URL`` at Redis.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Refused outside development: API keys are HMAC-hashed with this pepper.
+_DEV_PEPPER = "development-only-pepper-change-me"
+
+
+class Settings(BaseSettings):
+    """Gauntlet's settings. Every field is ``GAUNTLET_<FIELD NAME>`` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="GAUNTLET_", extra="ignore")
+
+    environment: Literal["development", "production"] = Field(
+        "development", description="'production' refuses unsafe defaults such as the dev pepper."
+    )
+    data_dir: Path = Field(Path(".gauntlet"), description="Embedded data: database, broker, artifacts.")
+    database_url: str = Field("", description="SQLAlchemy URL; default: SQLite in data_dir.")
+    broker_url: str = Field("", description="Celery broker URL; default: filesystem in data_dir.")
+    artifact_dir: Path | None = Field(None, description="Artifact store folder; default data_dir/artifacts.")
+    api_key_pepper: SecretStr = Field(
+        SecretStr(_DEV_PEPPER), description="Secret mixed into API key hashes (HMAC-SHA256)."
+    )
+
+    host: str = Field("127.0.0.1", description="API bind address.")
+    port: int = Field(8000, description="API port.")
+    public_url: str = Field("", description="URL printed for users; default http://host:port.")
+
+    max_model_bytes: int = Field(256 * 2**20, description="Largest model upload.")
+    max_dataset_bytes: int = Field(512 * 2**20, description="Largest dataset upload.")
+    max_json_bytes: int = Field(2**20, description="Largest JSON request body.")
+    max_examples_per_job: int = Field(100_000, description="Largest 'limit' in an audit.")
+
+    lease_seconds: float = Field(60.0, description="A running job's lease; renewed by heartbeats.")
+    heartbeat_seconds: float = Field(10.0, description="How often a worker renews its lease.")
+    max_attempts: int = Field(3, description="Attempts per job before it fails (worker deaths).")
+    reconcile_seconds: float = Field(15.0, description="How often workers look for lost jobs.")
+    requeue_after_seconds: float = Field(
+        300.0, description="Re-send a queued job not claimed for this long (lost message)."
+    )
+    progress_seconds: float = Field(1.0, description="Least time between progress writes.")
+    job_time_limit_seconds: float = Field(6 * 3600.0, description="Hard limit for one job run.")
+    broker_visibility_timeout: float = Field(
+        0.0, description="Redis visibility timeout; default: twice the job time limit."
+    )
+    worker_device: str = Field("auto", description="'auto' (cuda when available), 'cpu', 'cuda:0'.")
+    worker_queue: str = Field("gauntlet", description="Celery queue name workers consume.")
+    eval_batch_size: int = Field(256, description="Examples per attack batch.")
+
+    @model_validator(mode="after")
+    def _fill_defaults_and_refuse_unsafe(self) -> Settings:
+        if not self.database_url:
+            self.database_url = f"sqlite:///{(self.data_dir / 'gauntlet.db').resolve()}"
+        if not self.broker_url:
+            self.broker_url = "filesystem://"
+        if self.artifact_dir is None:
+            self.artifact_dir = self.data_dir / "artifacts"
+        if not self.public_url:
+            self.public_url = f"http://{self.host}:{self.port}"
+        if self.broker_visibility_timeout <= 0:
+            self.broker_visibility_timeout = 2 * self.job_time_limit_seconds
+        if self.heartbeat_seconds >= self.lease_seconds:
+            raise ValueError("heartbeat_seconds must be shorter than lease_seconds")
+        if self.environment == "production":
+            if self.api_key_pepper.get_secret_value() == _DEV_PEPPER:
+                raise ValueError("GAUNTLET_API_KEY_PEPPER must be set in production")
+            if self.database_url.startswith("sqlite"):
+                raise ValueError("production needs GAUNTLET_DATABASE_URL (Postgres), not SQLite")
+        return self
+
+    @property
+    def broker_folder(self) -> Path:
+        """Where the embedded filesystem broker keeps its messages."""
+        return self.data_dir / "broker"
+
+    @property
+    def max_request_bytes(self) -> int:
+        """Largest request body of any kind (an upload plus multipart overhead)."""
+        return max(self.max_model_bytes, self.max_dataset_bytes) + 2**20
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process's settings, read once."""
+    return Settings()

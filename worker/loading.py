@@ -1,0 +1,72 @@
+"""Turning stored rows into engine inputs: models, datasets and the device."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from adversarial.datasets import load_builtin
+from adversarial.models.loading import ModelSpec, load_model
+from adversarial.models.wrapper import InputSpaceModel
+from service.datasets.builtin import BUILTIN_PREFIX
+from service.datasets.reader import read_dataset
+from service.settings import Settings
+from service.storage import ArtifactStore
+from service.tables import Dataset, Model
+
+
+def select_device(setting: str) -> torch.device:
+    """``auto`` picks the GPU when there is one; anything else names a torch device."""
+    if setting == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(setting)
+
+
+def model_spec(row: Model) -> ModelSpec:
+    """The engine's description of an uploaded model."""
+    normalization = None
+    if row.normalization:
+        normalization = (tuple(row.normalization["mean"]), tuple(row.normalization["std"]))
+    architecture = row.architecture or {}
+    return ModelSpec(
+        format=row.format,
+        input_shape=(row.input_shape[0], row.input_shape[1], row.input_shape[2]),
+        num_classes=row.num_classes,
+        input_range=(row.input_range[0], row.input_range[1]),
+        normalization=normalization,
+        architecture=architecture.get("name"),
+        architecture_kwargs=architecture.get("kwargs", {}),
+    )
+
+
+def load_user_model(row: Model, store: ArtifactStore, settings: Settings) -> InputSpaceModel:
+    """Load an uploaded model through the engine's safe loaders (never a pickle loader)."""
+    return load_model(store.read_bytes(row.file_sha256), model_spec(row),
+                      max_bytes=settings.max_model_bytes)
+
+
+def load_examples(
+    dataset_id: str,
+    split: str,
+    row: Dataset | None,
+    store: ArtifactStore,
+    settings: Settings,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A dataset split as ``x`` float32 ``[N, C, H, W]`` and ``y`` int64 ``[N]``."""
+    if dataset_id.startswith(BUILTIN_PREFIX):
+        return load_builtin(dataset_id.removeprefix(BUILTIN_PREFIX), split)
+    if row is None:
+        raise LookupError(f"dataset {dataset_id} is gone")
+    x, y = read_dataset(store.read_bytes(row.file_sha256), row.format,
+                        max_bytes=settings.max_dataset_bytes * 4)
+    return torch.from_numpy(x), torch.from_numpy(y)
+
+
+def subset(x: torch.Tensor, y: torch.Tensor, limit: int | None, seed: int
+           ) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    """At most ``limit`` examples: a seeded random subset in original order, and its indices."""
+    indices = np.arange(x.shape[0])
+    if limit is not None and limit < x.shape[0]:
+        indices = np.sort(np.random.default_rng(seed).permutation(x.shape[0])[:limit])
+    index = torch.from_numpy(indices)
+    return x[index], y[index], indices
