@@ -89,7 +89,7 @@ def per_class_accuracy(correct: torch.Tensor, y: torch.Tensor, num_classes: int)
     for cls in range(num_classes):
         members = y == cls
         count = int(members.sum())
-        result.append(float(correct[members].float().mean()) if count else None)
+        result.append(int(correct[members].sum()) / count if count else None)
     return result
 
 
@@ -200,7 +200,8 @@ def evaluate(
 
 
 def _mean(mask: torch.Tensor) -> float:
-    return float(mask.float().mean()) if mask.numel() else 0.0
+    # Exact k / N in double precision (float32 means print as 0.9888888597...).
+    return int(mask.sum()) / mask.numel() if mask.numel() else 0.0
 
 
 def _run_attack(
@@ -275,7 +276,7 @@ def _worst_cases(outcomes: Sequence[AttackOutcome]) -> list[WorstCase]:
             WorstCase(
                 norm=norm,
                 eps=eps,
-                attacks=[m.config.name for m in members],
+                attacks=[m.config.label for m in members],
                 robust_accuracy=_mean(robust),
             )
         )

@@ -1,0 +1,43 @@
+"""The Celery worker application: ``celery -A worker.celery_app worker``.
+
+Configuration comes from ``service.queue`` (shared with the API); the tasks are in
+``worker.tasks``. Each worker's main process also runs a reconciler thread.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import signals
+
+from service.database import reset_engine
+from service.queue import get_celery
+
+app = get_celery()
+app.conf.include = ["worker.tasks"]
+
+logger = logging.getLogger(__name__)
+_reconciler: Any = None
+
+
+@signals.worker_process_init.connect
+def _fresh_connections_after_fork(**_: Any) -> None:
+    # A forked pool process must not share its parent's database connections.
+    reset_engine()
+
+
+@signals.worker_ready.connect
+def _start_reconciler(**_: Any) -> None:
+    global _reconciler
+    from worker.reconciler import ReconcilerThread
+
+    _reconciler = ReconcilerThread()
+    _reconciler.start()
+    logger.info("reconciler started (every %.0f s)", _reconciler.settings.reconcile_seconds)
+
+
+@signals.worker_shutdown.connect
+def _stop_reconciler(**_: Any) -> None:
+    if _reconciler is not None:
+        _reconciler.stop()

@@ -1,0 +1,75 @@
+"""Running one job: claim it, run its runner under a lease, write its outcome once.
+
+``execute_job`` is what the Celery task calls, and what tests call directly. Running it twice
+for the same job (a redelivered message, a re-sent id) is safe: only one claim succeeds.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery.exceptions import SoftTimeLimitExceeded
+
+from adversarial.errors import EngineInputError
+from service.database import session_scope
+from service.jobs import repository
+from service.settings import Settings, get_settings
+from service.tables import JobStatus
+from worker.lease import JobCancelled, Lease, LeaseLost
+from worker.runners import RUNNERS
+
+logger = logging.getLogger(__name__)
+
+
+def execute_job(job_id: str, *, settings: Settings | None = None, owner: str | None = None) -> str:
+    """Run a queued job to a final state. Returns what happened (for logs and tests):
+    ``skipped`` (not claimable), ``succeeded``, ``failed``, ``cancelled`` or ``lease_lost``."""
+    settings = settings or get_settings()
+    lease = Lease(job_id, settings, owner)
+    if not lease.claim():
+        logger.info("job %s: not claimable (running elsewhere, finished or gone)", job_id)
+        return "skipped"
+    with session_scope() as session:
+        job = repository.get_any(session, job_id)
+    assert job is not None
+    runner = RUNNERS.get(job.kind)
+    logger.info("job %s (%s): claimed by %s, attempt %d", job_id, job.kind, lease.owner,
+                job.attempt)
+
+    error: dict[str, Any]
+    with lease:
+        try:
+            if runner is None:
+                raise EngineInputError("unknown_kind", f"no runner for job kind {job.kind!r}")
+            result = runner.run(job, lease)
+        except JobCancelled:
+            lease.finish(JobStatus.CANCELLED,
+                         error={"code": "cancelled", "message": "cancelled by a client"})
+            return JobStatus.CANCELLED
+        except LeaseLost:
+            logger.warning("job %s: lease lost; another worker owns it now", job_id)
+            return "lease_lost"
+        except EngineInputError as exc:
+            error = {"code": exc.code, "message": exc.message}
+        except SoftTimeLimitExceeded:
+            error = {"code": "time_limit",
+                     "message": f"the job ran past {settings.job_time_limit_seconds:g} s"}
+        except Exception as exc:
+            logger.exception("job %s failed", job_id)
+            error = {"code": "internal_error", "message": f"{type(exc).__name__}: {exc}"[:2000]}
+        else:
+            written = lease.finish(
+                JobStatus.SUCCEEDED,
+                result=result,
+                progress={"fraction": 1.0, "stage": "done", "message": "finished"},
+                also=lambda session: runner.on_success(session, job, result),
+            )
+            return JobStatus.SUCCEEDED if written else "lease_lost"
+        hook = runner.on_failure if runner is not None else None
+        written = lease.finish(
+            JobStatus.FAILED, error=error,
+            also=(lambda session: hook(session, job, error)) if hook else None,
+        )
+        logger.info("job %s failed: %s", job_id, error["code"])
+        return JobStatus.FAILED if written else "lease_lost"
