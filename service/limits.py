@@ -13,10 +13,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.problems import problem_response
 
 
-class BodyTooLarge(Exception):
-    """Raised inside ``receive`` when a streamed body passes its limit."""
-
-
 class BodySizeLimit:
     """ASGI middleware: ``limit_for(scope)`` gives the byte limit of each request."""
 
@@ -36,28 +32,28 @@ class BodySizeLimit:
             return
 
         received = 0
-        response_started = False
+        refused = False
 
         async def limited_receive() -> Message:
-            nonlocal received
+            nonlocal received, refused
+            if refused:
+                return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
-                    raise BodyTooLarge
+                    # Answer now and tell the app the client left: whatever the app makes
+                    # of a half-read body (FastAPI calls it a 400) is never sent.
+                    refused = True
+                    await self._refuse(scope, receive, send, limit)
+                    return {"type": "http.disconnect"}
             return message
 
-        async def tracking_send(message: Message) -> None:
-            nonlocal response_started
-            if message["type"] == "http.response.start":
-                response_started = True
-            await send(message)
+        async def guarded_send(message: Message) -> None:
+            if not refused:
+                await send(message)
 
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except BodyTooLarge:
-            if not response_started:
-                await self._refuse(scope, receive, send, limit)
+        await self.app(scope, limited_receive, guarded_send)
 
     @staticmethod
     async def _refuse(scope: Scope, receive: Receive, send: Send, limit: int) -> None:

@@ -1,0 +1,122 @@
+"""/v1/models: upload, metadata validation, tenant isolation, size caps."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.factories import model_row
+
+ONNX_META = {"name": "cnn", "format": "onnx", "input_shape": [1, 8, 8], "num_classes": 10}
+
+
+def upload(client: TestClient, headers: dict[str, str], meta: object, data: bytes = b"\x08\x01",
+           filename: str = "model.onnx"):
+    meta_text = meta if isinstance(meta, str) else json.dumps(meta)
+    return client.post("/v1/models", headers=headers, files={"file": (filename, data)},
+                       data={"meta": meta_text})
+
+
+def test_upload_is_accepted_and_queues_validation(client: TestClient, make_tenant) -> None:
+    tenant = make_tenant()
+    response = upload(client, tenant.headers, ONNX_META, b"onnx bytes")
+    assert response.status_code == 202, response.text
+    model = response.json()
+    assert model["status"] == "validating"
+    assert model["file_size"] == len(b"onnx bytes")
+    job = client.get(f"/v1/jobs/{model['validation_job_id']}", headers=tenant.headers).json()
+    assert job["kind"] == "validate_model" and job["status"] == "queued"
+    listed = client.get("/v1/models", headers=tenant.headers).json()
+    assert [m["id"] for m in listed["items"]] == [model["id"]]
+
+
+@pytest.mark.parametrize(
+    ("meta", "field", "needle"),
+    [
+        ("{not json", "meta", "not valid JSON"),
+        ({**ONNX_META, "format": "pickle"}, "meta.format", "Input should be"),
+        ({**ONNX_META, "input_shape": [8, 8]}, "meta.input_shape", "at least 3"),
+        ({**ONNX_META, "num_classes": 1}, "meta.num_classes", "greater than or equal to 2"),
+        ({**ONNX_META, "input_range": [1, 0]}, "meta", "lower < upper"),
+        ({**ONNX_META, "format": "safetensors"}, "meta", "needs 'architecture'"),
+        ({**ONNX_META, "format": "pt", "architecture": {"name": "resnet9000"}},
+         "meta.architecture", "unknown architecture"),
+        ({**ONNX_META, "format": "pt", "architecture": {"name": "mlp", "kwargs": {"depth": 3}}},
+         "meta.architecture", "takes no argument(s) depth"),
+        ({**ONNX_META, "normalization": {"mean": [0.5], "std": [0.0]}},
+         "meta.normalization", "std must be positive"),
+        ({**ONNX_META, "extra": 1}, "meta.extra", "Extra inputs"),
+    ],
+)
+def test_bad_meta_is_422_naming_the_field(client: TestClient, make_tenant, meta, field,
+                                          needle) -> None:
+    tenant = make_tenant()
+    response = upload(client, tenant.headers, meta)
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    errors = response.json()["errors"]
+    assert any(e["field"] == field and needle in e["reason"] for e in errors), errors
+
+
+def test_missing_file_is_422(client: TestClient, make_tenant) -> None:
+    tenant = make_tenant()
+    response = client.post("/v1/models", headers=tenant.headers,
+                           data={"meta": json.dumps(ONNX_META)})
+    assert response.status_code == 422
+    assert response.json()["errors"][0]["field"] == "file"
+
+
+def test_empty_file_is_422(client: TestClient, make_tenant) -> None:
+    response = upload(client, make_tenant().headers, ONNX_META, b"")
+    assert response.status_code == 422
+    assert response.json()["code"] == "empty_file"
+
+
+def test_model_over_cap_is_413(client: TestClient, make_tenant, monkeypatch, settings) -> None:
+    monkeypatch.setattr(settings, "max_model_bytes", 1000)
+    response = upload(client, make_tenant().headers, ONNX_META, b"x" * 5000)
+    assert response.status_code == 413
+    assert response.json()["code"] == "too_large"
+
+
+def test_other_tenants_model_is_an_identical_404(client: TestClient, make_tenant) -> None:
+    owner, intruder = make_tenant("owner"), make_tenant("intruder")
+    model_id = model_row(owner.id)
+    assert client.get(f"/v1/models/{model_id}", headers=owner.headers).status_code == 200
+    theirs = client.get(f"/v1/models/{model_id}", headers=intruder.headers)
+    missing = client.get("/v1/models/m_missing", headers=intruder.headers)
+    assert theirs.status_code == missing.status_code == 404
+    assert theirs.json()["code"] == missing.json()["code"] == "not_found"
+    assert theirs.json()["detail"].replace(model_id, "X") == missing.json()["detail"].replace(
+        "m_missing", "X")
+    assert client.delete(f"/v1/models/{model_id}", headers=intruder.headers).status_code == 404
+    assert client.get("/v1/models", headers=intruder.headers).json()["items"] == []
+
+
+def test_delete_hides_the_model(client: TestClient, make_tenant) -> None:
+    tenant = make_tenant()
+    model_id = model_row(tenant.id)
+    assert client.delete(f"/v1/models/{model_id}", headers=tenant.headers).status_code == 204
+    assert client.get(f"/v1/models/{model_id}", headers=tenant.headers).status_code == 404
+
+
+def test_list_paginates_with_a_cursor(client: TestClient, make_tenant) -> None:
+    tenant = make_tenant()
+    ids = [model_row(tenant.id) for _ in range(5)]
+    seen, cursor = [], None
+    while True:
+        params = {"limit": 2, **({"cursor": cursor} if cursor else {})}
+        page = client.get("/v1/models", headers=tenant.headers, params=params).json()
+        seen += [m["id"] for m in page["items"]]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == sorted(ids, reverse=True)
+
+
+def test_architectures_are_listed(client: TestClient, make_tenant) -> None:
+    names = {a["name"] for a in client.get("/v1/architectures",
+                                           headers=make_tenant().headers).json()}
+    assert {"mlp", "small_cnn", "lenet5", "preact_resnet18"} <= names
