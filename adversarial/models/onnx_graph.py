@@ -352,14 +352,19 @@ class OnnxGraphModule(nn.Module):
         self._opset = opset
         self._export_batch = export_batch
         self._buffer_of: dict[str, str] = {}
-        self._host_constants: dict[str, Tensor] = {}
+        # Host (CPU) copies of small constants: integer ones feed shape arithmetic by default;
+        # any of them is what an op reads as Python values (Resize scales, Pad value), so no
+        # device round trip is needed. They are read-only copies that .to() does not move.
+        self._host_copy: dict[str, Tensor] = {}
+        self._host_default: set[str] = set()
         for i, (name, tensor) in enumerate(constants.items()):
             buffer_name = f"const_{i}"
             self.register_buffer(buffer_name, tensor)
             self._buffer_of[name] = buffer_name
-            small_int = not tensor.is_floating_point() and not tensor.is_complex()
-            if small_int and tensor.numel() <= _HOST_CONST_MAX_ELEMENTS:
-                self._host_constants[name] = tensor.clone()
+            if tensor.numel() <= _HOST_CONST_MAX_ELEMENTS:
+                self._host_copy[name] = tensor.clone()
+                if not tensor.is_floating_point() and not tensor.is_complex():
+                    self._host_default.add(name)
 
     @property
     def opset(self) -> int:
@@ -374,6 +379,24 @@ class OnnxGraphModule(nn.Module):
     def extra_repr(self) -> str:
         return f"nodes={len(self._nodes)}, opset={self._opset}, input={self._input_name!r}"
 
+    def _lookup(
+        self, env: dict[str, Tensor], node: _Node, position: int, name: str, spec: _OpSpec
+    ) -> Tensor | None:
+        if not name:
+            return None
+        if position in spec.host_inputs and name in self._host_copy:
+            return self._host_copy[name]
+        value = env.get(name)
+        if value is None:
+            # The checker guarantees every input is produced; only an optional output this
+            # interpreter does not compute (e.g. training-mode statistics) can be missing.
+            raise ModelFormatError(
+                "unsupported_op",
+                f"ONNX node {node.name!r} ({node.op_type}) reads {name!r}, an optional output "
+                "this interpreter does not compute",
+            )
+        return value
+
     def forward(self, x: Tensor) -> Tensor:
         """Run the graph on ``x`` (``[N, ...]``) and return its first output."""
         in_dtype = x.dtype
@@ -381,8 +404,10 @@ class OnnxGraphModule(nn.Module):
             x = x.to(self._input_dtype)
         env: dict[str, Tensor] = {}
         for name, buffer_name in self._buffer_of.items():
-            host = self._host_constants.get(name)
-            env[name] = host if host is not None else getattr(self, buffer_name)
+            if name in self._host_default:
+                env[name] = self._host_copy[name]
+            else:
+                env[name] = getattr(self, buffer_name)
         env[self._input_name] = x
         ctx = _Ctx(
             opset=self._opset,
@@ -391,7 +416,7 @@ class OnnxGraphModule(nn.Module):
         )
         for node in self._nodes:
             spec = _OPS[node.op_type]
-            ins = [env[name] if name else None for name in node.inputs]
+            ins = [self._lookup(env, node, i, name, spec) for i, name in enumerate(node.inputs)]
             ins = _move_to_common_device(ins, spec.host_inputs)
             ctx.node = node
             try:
@@ -411,7 +436,11 @@ class OnnxGraphModule(nn.Module):
             for name, value in zip(node.outputs, outs, strict=False):
                 if name and value is not None:
                     env[name] = value
-        out = env[self._output_name]
+        out = env.get(self._output_name)
+        if out is None:
+            raise ModelFormatError(
+                "unsupported_op", f"ONNX graph output {self._output_name!r} was not computed"
+            )
         if out.device != x.device:
             out = out.to(x.device)
         if out.is_floating_point() and in_dtype.is_floating_point and out.dtype != in_dtype:
@@ -666,6 +695,7 @@ def _make_unary(fn: Callable[[Tensor], Tensor]) -> _OpFn:
 
 for _name, _fn in _UNARY.items():
     _OPS[_name] = _OpSpec(fn=_make_unary(_fn))
+del _name, _fn
 
 
 def _int_div(a: Tensor, b: Tensor) -> Tensor:
@@ -702,6 +732,7 @@ def _make_binary(fn: Callable[[Tensor, Tensor], Tensor]) -> _OpFn:
 
 for _name, _fn2 in _BINARY.items():
     _OPS[_name] = _OpSpec(fn=_make_binary(_fn2))
+del _name, _fn2
 
 
 def _constant_placeholder(ctx: _Ctx, ins: list[Tensor | None]) -> Tensor:
@@ -1219,6 +1250,7 @@ for _name, _kind in {
     "ReduceLogSumExp": "logsumexp",
 }.items():
     _OPS[_name] = _OpSpec(fn=_reduce(_kind), host_inputs=frozenset({1}))
+del _name, _kind
 
 
 @_op("ArgMax", "ArgMin")

@@ -164,14 +164,25 @@ def _export(name: str, opset: int, dynamo: bool, dynamic_batch: bool) -> bytes:
         if dynamo:
             shapes = ({0: torch.export.Dim("batch", min=1, max=1024)},) if dynamic_batch else None
             torch.onnx.export(
-                model, (x,), f, dynamo=True, opset_version=opset, dynamic_shapes=shapes,
+                model,
+                (x,),
+                f,
+                dynamo=True,
+                opset_version=opset,
+                dynamic_shapes=shapes,
                 verbose=False,
             )
         else:
             axes = {"x": {0: "batch"}, "logits": {0: "batch"}} if dynamic_batch else None
             torch.onnx.export(
-                model, (x,), f, dynamo=False, opset_version=opset,
-                input_names=["x"], output_names=["logits"], dynamic_axes=axes,
+                model,
+                (x,),
+                f,
+                dynamo=False,
+                opset_version=opset,
+                input_names=["x"],
+                output_names=["logits"],
+                dynamic_axes=axes,
             )
     return f.getvalue()
 
@@ -193,7 +204,8 @@ def _assert_matches_torch(name: str, data: bytes, batch: int) -> OnnxGraphModule
 
     assert out.shape == (batch, 10)
     torch.testing.assert_close(out, out_ref, atol=ATOL, rtol=1e-4)
-    assert x_onnx.grad is not None and x_ref.grad is not None
+    assert x_onnx.grad is not None
+    assert x_ref.grad is not None
     torch.testing.assert_close(x_onnx.grad, x_ref.grad, atol=ATOL, rtol=1e-4)
     assert x_onnx.grad.abs().sum() > 0
     return module
@@ -217,7 +229,8 @@ def test_torchscript_export_dynamic_batch_matches_torch(name: str, opset: int) -
 def test_dynamo_export_dynamic_batch_matches_torch(name: str) -> None:
     data = _export(name, 18, dynamo=True, dynamic_batch=True)
     batch_dim = onnx.load_from_string(data).graph.input[0].type.tensor_type.shape.dim[0]
-    assert batch_dim.dim_param and not batch_dim.dim_value
+    assert batch_dim.dim_param
+    assert not batch_dim.dim_value
     _assert_matches_torch(name, data, EVAL_BATCH)
 
 
@@ -303,6 +316,7 @@ BIAS4 = RNG.standard_normal(4).astype(np.float32)
 BIAS3 = RNG.standard_normal(3).astype(np.float32)
 
 # (id, nodes, input shape, opset, initializers)
+# fmt: off
 HAND_CASES: list[tuple[str, list[onnx.NodeProto], tuple[int, ...], int, dict[str, np.ndarray]]] = [
     ("clip_inputs", [N("Clip", ["X", "lo", "hi"], ["Y"])], (3, 5), 13,
      {"lo": _f32(-0.5)[0:1].reshape(()), "hi": _f32(0.7).reshape(())}),
@@ -491,6 +505,7 @@ HAND_CASES: list[tuple[str, list[onnx.NodeProto], tuple[int, ...], int, dict[str
                       N("Sigmoid", ["X"], ["d"]), N("Relu", ["X"], ["e"]),
                       N("Sum", ["a", "b", "c", "d", "e"], ["Y"])], (3, 4), 22, {}),
 ]
+# fmt: on
 
 INT_OUTPUT = {"argmax_last_index", "argmin"}
 
@@ -500,8 +515,9 @@ def _ids(cases: Sequence[tuple[object, ...]]) -> list[str]:
 
 
 @pytest.mark.skipif(ReferenceEvaluator is None, reason="onnx.reference is not available")
-@pytest.mark.parametrize(("case_id", "nodes", "shape", "opset", "inits"), HAND_CASES,
-                         ids=_ids(HAND_CASES))
+@pytest.mark.parametrize(
+    ("case_id", "nodes", "shape", "opset", "inits"), HAND_CASES, ids=_ids(HAND_CASES)
+)
 def test_hand_built_graph_matches_reference(
     case_id: str,
     nodes: list[onnx.NodeProto],
@@ -552,6 +568,7 @@ def _reference_of(nodes: list[onnx.NodeProto]) -> Callable[[np.ndarray], np.ndar
 
 # Cases where onnx's reference evaluator cannot serve (negative pads, pre-13 Softmax semantics,
 # a known LRN bug, ConvTranspose output_shape): an independent numpy or equivalent-graph result.
+# fmt: off
 NUMPY_CASES: list[
     tuple[str, list[onnx.NodeProto], tuple[int, ...], int, dict[str, np.ndarray],
           Callable[[np.ndarray], np.ndarray]]
@@ -573,11 +590,13 @@ NUMPY_CASES: list[
                                        output_shape=[9, 10])], (1, 2, 4, 5), 13, {"w": W_CONVT},
      _reference_of([N("ConvTranspose", ["X", "w"], ["Y"], strides=[2, 2], pads=[0, 1, 0, 0])])),
 ]
+# fmt: on
 
 
 @pytest.mark.skipif(ReferenceEvaluator is None, reason="onnx.reference is not available")
-@pytest.mark.parametrize(("case_id", "nodes", "shape", "opset", "inits", "reference"),
-                         NUMPY_CASES, ids=_ids(NUMPY_CASES))
+@pytest.mark.parametrize(
+    ("case_id", "nodes", "shape", "opset", "inits", "reference"), NUMPY_CASES, ids=_ids(NUMPY_CASES)
+)
 def test_hand_built_graph_matches_numpy(
     case_id: str,
     nodes: list[onnx.NodeProto],
@@ -623,18 +642,26 @@ def test_hand_built_graph_gradients_match_finite_differences() -> None:
         N("Softmax", ["r"], ["Y"], axis=-1),
     ]
     inits = {
-        "pads": _i64(0, 1, 0, 2), "st": _i64(-1), "en": _i64(-100), "ax": _i64(1),
-        "sp": _i64(-1), "lo": np.array(-1.5), "hi": np.array(1.5),
-        "idx": np.array([0, 2, -1], dtype=np.int64), "half": np.array(0.6),
+        "pads": _i64(0, 1, 0, 2),
+        "st": _i64(-1),
+        "en": _i64(-100),
+        "ax": _i64(1),
+        "sp": _i64(-1),
+        "lo": np.array(-1.5),
+        "hi": np.array(1.5),
+        "idx": np.array([0, 2, -1], dtype=np.int64),
+        "half": np.array(0.6),
         "ax1": _i64(1),
     }
-    model = _make_model(nodes, (2, 6), opset=18, inits=inits, x_type=TensorProto.DOUBLE,
-                        out_type=TensorProto.DOUBLE)
+    model = _make_model(
+        nodes, (2, 6), opset=18, inits=inits, x_type=TensorProto.DOUBLE, out_type=TensorProto.DOUBLE
+    )
     module = load_onnx(model.SerializeToString())
     x = torch.randn(2, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     x.requires_grad_(True)
-    assert torch.autograd.gradcheck(lambda t: module(t).sum(dim=0) * torch.arange(
-        1.0, 3.0, dtype=torch.float64), (x,))
+    assert torch.autograd.gradcheck(
+        lambda t: module(t).sum(dim=0) * torch.arange(1.0, 3.0, dtype=torch.float64), (x,)
+    )
 
 
 def test_local_functions_in_custom_domains_are_inlined() -> None:
@@ -647,8 +674,9 @@ def test_local_functions_in_custom_domains_are_inlined() -> None:
         [helper.make_opsetid("", 17)],
     )
     node = N("ScaledRelu", ["X"], ["Y"], domain="pkg.example.torch")
-    model = _make_model([node], (2, 3), functions=[function],
-                        extra_opsets=[("pkg.example.torch", 1)])
+    model = _make_model(
+        [node], (2, 3), functions=[function], extra_opsets=[("pkg.example.torch", 1)]
+    )
     module = load_onnx(model.SerializeToString())
     x = torch.tensor([[-1.0, 2.0, 3.0], [0.5, -0.5, 0.0]])
     torch.testing.assert_close(module(x), torch.relu(x) ** 2)
@@ -680,8 +708,10 @@ def test_unsupported_standard_op_is_named() -> None:
     err = _code(model.SerializeToString())
     assert err.code == "unsupported_op"
     assert "'NonMaxSuppression'" in err.message
-    assert "ai.onnx" in err.message and "opset 17" in err.message
-    assert "supported ops:" in err.message and "Conv" in err.message
+    assert "ai.onnx" in err.message
+    assert "opset 17" in err.message
+    assert "supported ops:" in err.message
+    assert "Conv" in err.message
 
 
 def test_made_up_op_is_unsupported() -> None:
@@ -693,8 +723,12 @@ def test_made_up_op_is_unsupported() -> None:
 
 def test_ml_domain_is_refused() -> None:
     node = N(
-        "LinearClassifier", ["X"], ["label", "Y"], domain="ai.onnx.ml",
-        coefficients=[0.1, 0.2, 0.3, -0.1, -0.2, -0.3], intercepts=[0.0, 0.1],
+        "LinearClassifier",
+        ["X"],
+        ["label", "Y"],
+        domain="ai.onnx.ml",
+        coefficients=[0.1, 0.2, 0.3, -0.1, -0.2, -0.3],
+        intercepts=[0.0, 0.1],
         classlabels_ints=[0, 1],
     )
     model = _make_model([node], (1, 3), extra_opsets=[("ai.onnx.ml", 3)])
@@ -709,12 +743,14 @@ def test_custom_domain_is_refused() -> None:
     model = _make_model([node], (1, 3), extra_opsets=[("com.example.custom", 1)])
     err = _code(model.SerializeToString())
     assert err.code == "onnx_unknown_domain"
-    assert "com.example.custom" in err.message and "FancyActivation" in err.message
+    assert "com.example.custom" in err.message
+    assert "FancyActivation" in err.message
 
 
 def test_external_data_is_refused() -> None:
-    model = _make_model([N("Add", ["X", "w"], ["Y"])], (2, 3),
-                        inits={"w": np.ones((2, 3), dtype=np.float32)})
+    model = _make_model(
+        [N("Add", ["X", "w"], ["Y"])], (2, 3), inits={"w": np.ones((2, 3), dtype=np.float32)}
+    )
     tensor = model.graph.initializer[0]
     tensor.ClearField("raw_data")
     tensor.data_location = TensorProto.EXTERNAL
@@ -730,13 +766,15 @@ def test_external_data_in_constant_node_is_refused() -> None:
     value.data_location = TensorProto.EXTERNAL
     entry = value.external_data.add()
     entry.key, entry.value = "location", "weights.bin"
-    model = _make_model([N("Constant", [], ["c"], value=value), N("Add", ["X", "c"], ["Y"])],
-                        (2, 3))
+    model = _make_model(
+        [N("Constant", [], ["c"], value=value), N("Add", ["X", "c"], ["Y"])], (2, 3)
+    )
     assert _code(model.SerializeToString()).code == "onnx_external_data"
 
 
-@pytest.mark.parametrize("data", [b"", b"\x00\xff garbage, not protobuf \xff" * 20,
-                                  b"PK\x03\x04" + bytes(100)])
+@pytest.mark.parametrize(
+    "data", [b"", b"\x00\xff garbage, not protobuf \xff" * 20, b"PK\x03\x04" + bytes(100)]
+)
 def test_garbage_bytes_are_invalid(data: bytes) -> None:
     assert _code(data).code == "onnx_invalid"
 
@@ -745,8 +783,10 @@ def test_two_graph_inputs_are_invalid() -> None:
     graph = helper.make_graph(
         [N("Add", ["X", "Z"], ["Y"])],
         "g",
-        [helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, 3]),
-         helper.make_tensor_value_info("Z", TensorProto.FLOAT, [1, 3])],
+        [
+            helper.make_tensor_value_info("X", TensorProto.FLOAT, [1, 3]),
+            helper.make_tensor_value_info("Z", TensorProto.FLOAT, [1, 3]),
+        ],
         [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [1, 3])],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -780,13 +820,17 @@ def test_huge_constant_of_shape_is_refused_at_run_time() -> None:
 
 
 def test_shape_mismatch_at_run_time_names_the_node() -> None:
-    model = _make_model([N("MatMul", ["X", "w"], ["Y"], name="fc")], (2, 3),
-                        inits={"w": np.ones((3, 4), dtype=np.float32)})
+    model = _make_model(
+        [N("MatMul", ["X", "w"], ["Y"], name="fc")],
+        (2, 3),
+        inits={"w": np.ones((3, 4), dtype=np.float32)},
+    )
     module = load_onnx(model.SerializeToString())
     with pytest.raises(ModelFormatError) as info:
         module(torch.zeros(2, 5))
     assert info.value.code == "onnx_invalid"
-    assert "'fc'" in info.value.message and "MatMul" in info.value.message
+    assert "'fc'" in info.value.message
+    assert "MatMul" in info.value.message
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -797,4 +841,5 @@ def test_runs_on_cuda() -> None:
     F.cross_entropy(out, torch.arange(3, device="cuda")).backward()
     expected = _model("lenet")(_inputs("lenet", 3))
     torch.testing.assert_close(out.cpu(), expected, atol=1e-4, rtol=1e-4)
-    assert x.grad is not None and x.grad.device.type == "cuda"
+    assert x.grad is not None
+    assert x.grad.device.type == "cuda"
