@@ -6,23 +6,29 @@ replays its nodes with differentiable torch ops, so ``loss.backward()`` reaches 
 
 Scope and conventions:
 
-* Default-domain (``ai.onnx``) opsets ``MIN_OPSET``..``MAX_OPSET`` are accepted; 13..20 are
-  tested against ``torch.onnx.export`` (TorchScript and dynamo exporters), 11 and 21 with
-  hand-built graphs. Both the attribute and the input form of ops that moved attributes to
-  inputs (Clip, Split, Squeeze, Unsqueeze, Reduce*, Pad, Slice) are understood.
+* Default-domain (``ai.onnx``) opsets ``MIN_OPSET``..``MAX_OPSET`` (11..22) are accepted.
+  Opsets 13..20 are tested against ``torch.onnx.export`` (TorchScript and dynamo exporters);
+  11, 13..15 and 17..22 with hand-built graphs against ``onnx.reference``. Both the attribute
+  and the input form of ops that moved attributes to inputs (Clip, Split, Squeeze, Unsqueeze,
+  Reduce*, Pad, Slice) are understood, and Softmax/LogSoftmax/Hardmax keep their pre-13
+  "flatten to 2-D at axis" meaning in opsets 11 and 12. The supported ops are
+  :func:`supported_ops`; anything else is refused at load time, naming the op.
 * ``ai.onnx.ml`` graphs (scikit-learn via skl2onnx) are refused: they are not differentiable
   and run elsewhere as black-box targets. Other domains (custom ops) are refused, after local
   functions (which the dynamo exporter emits in ``pkg.*`` domains) have been inlined.
 * Tensors stored as external data are refused: an upload is one self-contained file.
 * Initializers and ``Constant`` nodes become buffers, so ``module.to(device)`` moves them.
-  Small integer constants are also kept as host (CPU) copies: shape arithmetic (Shape, Gather,
-  Concat, ...) then runs on the CPU and Reshape/Slice/Pad read their targets without a device
-  synchronisation; a host tensor is copied to the data's device when an op mixes the two.
+  Small constants also keep a host (CPU) copy. Integer ones and ``Shape`` outputs are used from
+  the host, so shape arithmetic (Shape, Gather, Concat, ...) runs on the CPU and ops that need
+  Python values (Reshape targets, Slice bounds, Pad widths, Resize scales) read them without a
+  device synchronisation; a host tensor is copied to the data's device when an op mixes the
+  two.
 * The graph is always run in inference mode: BatchNormalization uses its running statistics and
   Dropout is the identity whatever ``module.training`` says.
 * Fixed-batch exports: when the graph input's first dimension is a fixed number B (an export
   without a dynamic batch axis) and the module is called with another batch size N, a Reshape
-  whose data has N leading rows and whose target's first entry is the literal B gets N instead.
+  whose data is computed from the input, has N leading rows and whose target's first entry is
+  the literal B gets N instead.
   That is the ``x.view(x.size(0), -1)`` pattern the TorchScript exporter constant-folds to
   ``Reshape(x, [1, -1])``. Other ops that bake the export batch into constants (Expand/Tile to a
   fixed shape, ...) are not rewritten: such graphs only run at their export batch size.
@@ -54,7 +60,7 @@ MAX_OPSET = 22
 _DEFAULT_DOMAINS = ("", "ai.onnx")
 _ML_DOMAIN = "ai.onnx.ml"
 
-# Integer constants up to this many elements get a host copy (shape vectors, axes, indices).
+# Constants up to this many elements get a host copy (shape vectors, axes, indices, scales).
 _HOST_CONST_MAX_ELEMENTS = 4096
 # Ops that build a tensor from shape *values* in the file (ConstantOfShape, Expand, Tile, ...)
 # could otherwise ask for terabytes; 2**28 elements is 1 GiB of float32.
@@ -114,6 +120,7 @@ def _sparse_to_dense(sparse: onnx.SparseTensorProto) -> Tensor:
     values = _tensor_from_proto(sparse.values)
     indices = _tensor_from_proto(sparse.indices).to(torch.int64)
     shape = [int(d) for d in sparse.dims]
+    _check_size(math.prod(shape), "sparse tensor")
     dense = torch.zeros(math.prod(shape), dtype=values.dtype)
     if indices.dim() == 2:  # [NNZ, rank] coordinates -> linear positions
         strides = torch.tensor(
@@ -247,6 +254,8 @@ class _Node:
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
     attrs: dict[str, Any]
+    # Whether the first input is computed from the graph input (rather than from constants).
+    first_input_from_x: bool = False
 
 
 @dataclass
@@ -518,11 +527,14 @@ def _build(model: onnx.ModelProto, opset: int) -> OnnxGraphModule:
             export_batch = int(first.dim_value)
 
     nodes: list[_Node] = []
+    from_input = {graph_input.name}
     for index, node in enumerate(graph.node):
         if node.op_type == "Constant":
             constants[node.output[0]] = _constant_value(node)
             continue
         attrs = {a.name: _attr_value(a) for a in node.attribute}
+        if any(name in from_input for name in node.input):
+            from_input.update(node.output)
         nodes.append(
             _Node(
                 op_type=node.op_type,
@@ -530,6 +542,7 @@ def _build(model: onnx.ModelProto, opset: int) -> OnnxGraphModule:
                 inputs=tuple(node.input),
                 outputs=tuple(node.output),
                 attrs=attrs,
+                first_input_from_x=len(node.input) > 0 and node.input[0] in from_input,
             )
         )
     _validate_static_attrs(nodes)
@@ -1338,6 +1351,7 @@ def _reshape(ctx: _Ctx, ins: list[Tensor | None]) -> Tensor:
     allowzero = bool(ctx.node.attrs.get("allowzero", 0))
     if (
         target
+        and ctx.node.first_input_from_x
         and ctx.export_batch is not None
         and ctx.batch != ctx.export_batch
         and target[0] == ctx.export_batch

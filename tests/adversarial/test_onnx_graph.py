@@ -498,6 +498,14 @@ HAND_CASES: list[tuple[str, list[onnx.NodeProto], tuple[int, ...], int, dict[str
     ("resize_keep_aspect_opset18", [
         N("Resize", ["X", "", "", "sz"], ["Y"], mode="linear", axes=[2, 3],
           keep_aspect_ratio_policy="not_larger")], (1, 2, 4, 6), 18, {"sz": _i64(8, 8)}),
+    ("maxpool_indices", [N("MaxPool", ["X"], ["v", "Y"], kernel_shape=[2, 2], strides=[2, 2])],
+     (2, 3, 4, 6), 13, {}),
+    ("constant_node_forms", [
+        N("Constant", [], ["scale"], value_floats=[0.5, -1.0, 2.0]),
+        N("Constant", [], ["shift"], value_float=0.25),
+        N("Constant", [], ["target"], value_ints=[0, -1]),
+        N("Mul", ["X", "scale"], ["a"]), N("Add", ["a", "shift"], ["b"]),
+        N("Reshape", ["b", "target"], ["Y"])], (2, 4, 3), 13, {}),
     ("space_to_depth", [N("SpaceToDepth", ["X"], ["Y"], blocksize=2)], (1, 2, 4, 6), 13, {}),
     ("dropout_identity", [N("Dropout", ["X"], ["d", "mask"]), N("Identity", ["d"], ["Y"])],
      (2, 3), 13, {}),
@@ -507,7 +515,7 @@ HAND_CASES: list[tuple[str, list[onnx.NodeProto], tuple[int, ...], int, dict[str
 ]
 # fmt: on
 
-INT_OUTPUT = {"argmax_last_index", "argmin"}
+INT_OUTPUT = {"argmax_last_index", "argmin", "maxpool_indices"}
 
 
 def _ids(cases: Sequence[tuple[object, ...]]) -> list[str]:
@@ -691,6 +699,16 @@ def test_fixed_batch_reshape_constant_uses_the_input_batch() -> None:
     torch.testing.assert_close(module(x), x.reshape(4, -1) @ torch.from_numpy(w))
 
 
+def test_fixed_batch_rewrite_leaves_constant_reshapes_alone() -> None:
+    # The constant has 3 rows, like the batch below: only data computed from X is rewritten.
+    w = RNG.standard_normal((3, 4)).astype(np.float32)
+    nodes = [N("Reshape", ["w", "s"], ["r"]), N("Add", ["X", "r"], ["Y"])]
+    model = _make_model(nodes, (1, 12), inits={"s": _i64(1, 12), "w": w})
+    x = torch.randn(3, 12)
+    out = load_onnx(model.SerializeToString())(x)
+    torch.testing.assert_close(out, x + torch.from_numpy(w).reshape(1, 12))
+
+
 # ----------------------------------------------------------------------------------------------
 # 3. Refusals
 # ----------------------------------------------------------------------------------------------
@@ -808,6 +826,23 @@ def test_too_large_is_checked_before_parsing() -> None:
     assert err.code == "too_large"
     data = _make_model([N("Relu", ["X"], ["Y"])], (2, 3)).SerializeToString()
     assert isinstance(load_onnx(data, max_bytes=len(data)), OnnxGraphModule)
+
+
+def test_optional_output_it_does_not_compute_is_refused() -> None:
+    bn = N(
+        "BatchNormalization",
+        ["X", "s", "b", "m", "v"],
+        ["y", "running_mean", "running_var"],
+        training_mode=0,
+    )
+    nodes = [bn, N("Add", ["y", "running_mean"], ["Y"])]
+    stats = {k: _f32(1.0, 1.0) for k in ("s", "b", "m", "v")}
+    model = _make_model(nodes, (2, 2), opset=15, inits=stats)
+    module = load_onnx(model.SerializeToString())
+    with pytest.raises(ModelFormatError) as info:
+        module(torch.zeros(2, 2))
+    assert info.value.code == "unsupported_op"
+    assert "running_mean" in info.value.message
 
 
 def test_huge_constant_of_shape_is_refused_at_run_time() -> None:

@@ -1,0 +1,181 @@
+"""Running jobs in-process against the real database: validation, audits, exactly-once."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import torch
+
+from adversarial.evaluation import AttackConfig, evaluate
+from adversarial.models.loading import ModelSpec, load_model
+from service.database import session_scope, utcnow
+from service.jobs import repository
+from service.jobs.service import create_job
+from service.models import repository as models
+from service.tables import JobStatus, ModelStatus
+from tests.factories import audit_spec, model_row
+from tests.model_files import digits_onnx, digits_small_cnn_safetensors, malicious_pt
+from worker.execution import execute_job
+from worker.lease import Lease
+
+
+def queued_job(settings, tenant_id: str, spec: dict) -> str:
+    with session_scope() as session:
+        job = create_job(session, tenant_id=tenant_id, kind=spec["kind"], spec=spec,
+                         model_id=spec.get("model_id"), settings=settings)
+        return job.id
+
+
+def job_row(job_id: str):
+    with session_scope() as session:
+        return repository.get_any(session, job_id)
+
+
+def model_status(model_id: str):
+    with session_scope() as session:
+        row = models.get_any(session, model_id)
+        return row.status, row.error
+
+
+def validate(settings, tenant_id: str, data: bytes, **model_fields) -> tuple[str, str]:
+    model_id = model_row(tenant_id, data=data, status=ModelStatus.VALIDATING, **model_fields)
+    job_id = queued_job(settings, tenant_id, {"kind": "validate_model", "model_id": model_id})
+    return model_id, execute_job(job_id)
+
+
+def test_onnx_model_becomes_ready(settings, make_tenant) -> None:
+    model_id, outcome = validate(settings, make_tenant().id, digits_onnx())
+    assert outcome == "succeeded"
+    assert model_status(model_id) == (ModelStatus.READY, None)
+
+
+def test_safetensors_state_dict_becomes_ready(settings, make_tenant) -> None:
+    model_id, outcome = validate(settings, make_tenant().id, digits_small_cnn_safetensors(),
+                                 format="safetensors", architecture={"name": "small_cnn"})
+    assert outcome == "succeeded"
+    assert model_status(model_id)[0] == ModelStatus.READY
+
+
+def test_wrong_architecture_is_invalid(settings, make_tenant) -> None:
+    model_id, outcome = validate(settings, make_tenant().id, digits_small_cnn_safetensors(),
+                                 format="safetensors", architecture={"name": "mlp"})
+    assert outcome == "failed"
+    status, error = model_status(model_id)
+    assert status == ModelStatus.INVALID and error["code"] == "state_dict_mismatch"
+
+
+def test_wrong_num_classes_is_invalid(settings, make_tenant) -> None:
+    model_id, outcome = validate(settings, make_tenant().id, digits_onnx(), num_classes=7)
+    status, error = model_status(model_id)
+    assert status == ModelStatus.INVALID and error["code"] == "bad_output_shape"
+    assert "7" in error["message"]
+
+
+def test_malicious_pickle_is_refused_and_never_runs(settings, make_tenant, tmp_path) -> None:
+    canary = tmp_path / "canary"
+    model_id, outcome = validate(settings, make_tenant().id, malicious_pt(canary), format="pt",
+                                 architecture={"name": "mlp"})
+    assert outcome == "failed"
+    status, error = model_status(model_id)
+    assert status == ModelStatus.INVALID and error["code"] == "pickle_refused", error
+    assert not canary.exists()
+
+
+def test_torchscript_is_refused(settings, make_tenant, tmp_path) -> None:
+    path = tmp_path / "scripted.pt"
+    torch.jit.save(torch.jit.script(torch.nn.Linear(64, 10)), str(path))
+    model_id, _ = validate(settings, make_tenant().id, path.read_bytes(), format="pt",
+                           architecture={"name": "mlp"})
+    status, error = model_status(model_id)
+    assert status == ModelStatus.INVALID and error["code"] == "torchscript_refused"
+    assert "state_dict" in error["message"] and "onnx" in error["message"].lower()
+
+
+@pytest.fixture
+def ready_model(settings, make_tenant):
+    tenant = make_tenant()
+    return tenant, model_row(tenant.id, data=digits_onnx())
+
+
+def test_audit_result_matches_the_engine(settings, ready_model) -> None:
+    tenant, model_id = ready_model
+    spec = audit_spec(model_id, limit=200, seed=3, gate={
+        "min_clean_accuracy": 0.9,
+        "min_robust_accuracy": [{"attack": "pgd", "eps": 0.1, "value": 0.99}]})
+    job_id = queued_job(settings, tenant.id, spec)
+    assert execute_job(job_id) == "succeeded"
+    job = job_row(job_id)
+    assert job.status == JobStatus.SUCCEEDED and job.attempt == 1
+    assert job.progress == {"fraction": 1.0, "stage": "done", "message": "finished"}
+    result = job.result
+
+    # The same numbers straight from the engine, on the same subset and seed.
+    from adversarial.datasets import load_builtin
+    from worker.loading import subset
+
+    x, y = load_builtin("digits", "test")
+    x, y, _ = subset(x, y, 200, 3)
+    model = load_model(digits_onnx(), ModelSpec("onnx", (1, 8, 8), 10))
+    direct = evaluate(model, x, y, [
+        AttackConfig("fgsm", "linf", 0.1),
+        AttackConfig("pgd", "linf", 0.1, {"steps": 5, "step_size": 0.03}),
+    ], num_classes=10, seed=3)
+    assert result["num_examples"] == 200
+    assert result["clean_accuracy"] == direct.clean_accuracy
+    assert [a["robust_accuracy"] for a in result["attacks"]] == [
+        o.robust_accuracy for o in direct.outcomes]
+    gate = result["gate"]
+    assert gate["passed"] is False
+    assert [c["passed"] for c in gate["checks"]] == [True, False]
+    assert gate["checks"][1]["value"] == result["attacks"][1]["robust_accuracy"]
+
+
+def test_a_job_runs_once_when_delivered_twice(settings, ready_model) -> None:
+    tenant, model_id = ready_model
+    job_id = queued_job(settings, tenant.id, audit_spec(model_id, limit=50))
+    outcomes: list[str] = []
+    threads = [threading.Thread(target=lambda: outcomes.append(execute_job(job_id)))
+               for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(outcomes) == ["skipped", "succeeded"]
+    assert job_row(job_id).attempt == 1
+    assert execute_job(job_id) == "skipped"  # a late redelivery after it finished
+
+
+def test_a_worker_that_lost_its_lease_writes_nothing(settings, ready_model) -> None:
+    tenant, model_id = ready_model
+    job_id = queued_job(settings, tenant.id, audit_spec(model_id, limit=20))
+    lease = Lease(job_id, settings, owner="stalled-worker")
+    assert lease.claim()
+    # The reconciler handed the job to another worker meanwhile.
+    with session_scope() as session:
+        job = repository.get_any(session, job_id)
+        job.lease_owner = "other-worker"
+    with pytest.raises(Exception, match=job_id):
+        lease.report(0.5, "pgd", "step", force=True)
+    assert not lease.finish(JobStatus.SUCCEEDED, result={"bogus": True})
+    assert job_row(job_id).result is None
+
+
+def test_cancelling_a_running_audit_stops_it(settings, ready_model) -> None:
+    tenant, model_id = ready_model
+    spec = audit_spec(model_id, attacks=[{"name": "pgd", "eps": [0.05], "steps": 3000,
+                                          "early_stop": False}])
+    job_id = queued_job(settings, tenant.id, spec)
+    outcome: list[str] = []
+    thread = threading.Thread(target=lambda: outcome.append(execute_job(job_id)))
+    thread.start()
+    deadline = time.monotonic() + 60
+    while job_row(job_id).status != JobStatus.RUNNING and time.monotonic() < deadline:
+        time.sleep(0.05)
+    with session_scope() as session:
+        repository.request_cancel(session, job_id, utcnow())
+    thread.join(timeout=60)
+    assert outcome == ["cancelled"]
+    job = job_row(job_id)
+    assert job.status == JobStatus.CANCELLED and job.result is None
