@@ -506,6 +506,34 @@ HAND_CASES: list[tuple[str, list[onnx.NodeProto], tuple[int, ...], int, dict[str
         N("Constant", [], ["target"], value_ints=[0, -1]),
         N("Mul", ["X", "scale"], ["a"]), N("Add", ["a", "shift"], ["b"]),
         N("Reshape", ["b", "target"], ["Y"])], (2, 4, 3), 13, {}),
+    ("more_unary_opset18", [
+        N("Celu", ["X"], ["a"], alpha=0.8), N("ThresholdedRelu", ["X"], ["b"], alpha=0.3),
+        N("Mish", ["X"], ["c"]), N("Hardmax", ["X"], ["d"], axis=1), N("Atan", ["X"], ["e"]),
+        N("Sinh", ["X"], ["f"]), N("Asinh", ["X"], ["g"]), N("Cosh", ["X"], ["h"]),
+        N("Tan", ["X"], ["i"]), N("Sum", ["a", "b", "c", "d", "e", "f", "g", "h", "i"], ["Y"])],
+     (3, 5), 18, {}),
+    ("more_reductions", [
+        N("ReduceL1", ["X"], ["a"], axes=[1]), N("ReduceSumSquare", ["X"], ["b"], axes=[1]),
+        N("ReduceProd", ["X"], ["c"], axes=[1]), N("Abs", ["X"], ["ab"]),
+        N("ReduceLogSum", ["ab"], ["d"], axes=[1]), N("Sum", ["a", "b", "c", "d"], ["Y"])],
+     (2, 3, 4), 13, {}),
+    ("bool_logic", [
+        N("Div", ["X", "zero"], ["inf"]), N("IsInf", ["inf"], ["pos"], detect_negative=0),
+        N("Sub", ["inf", "inf"], ["nan"]), N("IsNaN", ["nan"], ["isnan"]),
+        N("Or", ["pos", "isnan"], ["o"]), N("Xor", ["o", "pos"], ["xo"]),
+        N("LessOrEqual", ["X", "zero"], ["le"]), N("GreaterOrEqual", ["X", "zero"], ["ge"]),
+        N("And", ["le", "ge"], ["eq0"]), N("Or", ["xo", "eq0"], ["c"]),
+        N("Where", ["c", "X", "zero"], ["Y"])], (3, 4), 13, {"zero": _f32(0.0)}),
+    ("gather_elements_nd", [
+        N("GatherElements", ["X", "ie"], ["a"], axis=1), N("GatherND", ["X", "ind"], ["b"]),
+        N("Concat", ["a", "b"], ["Y"], axis=1)], (3, 4), 13,
+     {"ie": np.array([[0, -1], [2, 1], [3, 3]], dtype=np.int64),
+      "ind": np.array([[0, 1], [2, -1], [1, 0]], dtype=np.int64)[:, None, :].repeat(1, 1)}),
+    ("onehot_from_argmax", [
+        N("ArgMax", ["X"], ["am"], axis=1, keepdims=0),
+        N("OneHot", ["am", "depth", "vals"], ["Y"], axis=-1)], (4, 5), 13,
+     {"depth": np.array(6, dtype=np.int64), "vals": _f32(-1.0, 3.0)}),
+    ("nonzero", [N("Relu", ["X"], ["r"]), N("NonZero", ["r"], ["Y"])], (3, 4), 13, {}),
     ("space_to_depth", [N("SpaceToDepth", ["X"], ["Y"], blocksize=2)], (1, 2, 4, 6), 13, {}),
     ("dropout_identity", [N("Dropout", ["X"], ["d", "mask"]), N("Identity", ["d"], ["Y"])],
      (2, 3), 13, {}),
@@ -515,7 +543,7 @@ HAND_CASES: list[tuple[str, list[onnx.NodeProto], tuple[int, ...], int, dict[str
 ]
 # fmt: on
 
-INT_OUTPUT = {"argmax_last_index", "argmin", "maxpool_indices"}
+INT_OUTPUT = {"argmax_last_index", "argmin", "maxpool_indices", "nonzero"}
 
 
 def _ids(cases: Sequence[tuple[object, ...]]) -> list[str]:
@@ -537,7 +565,8 @@ def test_hand_built_graph_matches_reference(
     model = _make_model(nodes, shape, opset=opset, inits=inits, out_type=out_type)
     x = np.random.default_rng(zlib.crc32(case_id.encode())).standard_normal(shape)
     x = (x * 1.5).astype(np.float32)
-    (expected,) = ReferenceEvaluator(model).run(None, {"X": x})[:1]
+    with np.errstate(divide="ignore", invalid="ignore"):  # bool_logic divides by zero
+        (expected,) = ReferenceEvaluator(model).run(None, {"X": x})[:1]
     model.graph.output[0].CopyFrom(
         helper.make_tensor_value_info("Y", out_type, list(expected.shape))
     )
