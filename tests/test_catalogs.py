@@ -1,0 +1,28 @@
+"""The API describes the zoo and built-in datasets without torch; they must match the engine."""
+
+from __future__ import annotations
+
+from adversarial.datasets import BUILTIN_DATASETS as ENGINE_DATASETS
+from adversarial.datasets import load_builtin
+from adversarial.models.zoo import ARCHITECTURES as ENGINE_ARCHITECTURES
+from service.architectures import ARCHITECTURES
+from service.datasets.builtin import BUILTIN_DATASETS, BUILTIN_PREFIX
+
+
+def test_architecture_catalog_matches_the_zoo() -> None:
+    assert {name: a.model_dump() for name, a in ARCHITECTURES.items()} == {
+        name: a.describe() for name, a in ENGINE_ARCHITECTURES.items()}
+
+
+def test_builtin_dataset_catalog_matches_the_engine() -> None:
+    assert {d.removeprefix(BUILTIN_PREFIX) for d in BUILTIN_DATASETS} == set(ENGINE_DATASETS)
+    for dataset_id, described in BUILTIN_DATASETS.items():
+        engine = ENGINE_DATASETS[dataset_id.removeprefix(BUILTIN_PREFIX)]
+        assert described.example_shape == list(engine.input_shape)
+        assert described.num_classes == engine.num_classes
+        assert described.splits == dict(engine.split_sizes)
+        for split, size in described.splits.items():
+            x, y = load_builtin(engine.name, split)
+            assert x.shape[0] == size and list(x.shape[1:]) == described.example_shape
+            assert [float(x.min()), float(x.max())] == described.value_range
+            assert int(y.max()) + 1 == described.num_classes
