@@ -83,7 +83,9 @@ class EvaluationResult:
     seconds: float
 
 
-def per_class_accuracy(correct: torch.Tensor, y: torch.Tensor, num_classes: int) -> list[float | None]:
+def per_class_accuracy(
+    correct: torch.Tensor, y: torch.Tensor, num_classes: int
+) -> list[float | None]:
     """Accuracy for each class; ``None`` for a class with no examples."""
     result: list[float | None] = []
     for cls in range(num_classes):
@@ -178,9 +180,18 @@ def evaluate(
             end_of_attack = tracker.done + planned * attacked.numel()
             outcomes.append(
                 _run_attack(
-                    model, x, y, attacked, clean_predictions, config,
-                    num_classes=num_classes, input_range=input_range,
-                    batch_size=batch_size, device=device, seed=seed, tracker=tracker,
+                    model,
+                    x,
+                    y,
+                    attacked,
+                    clean_predictions,
+                    config,
+                    num_classes=num_classes,
+                    input_range=input_range,
+                    batch_size=batch_size,
+                    device=device,
+                    seed=seed,
+                    tracker=tracker,
                 )
             )
             tracker.skip_to(end_of_attack)
@@ -224,8 +235,12 @@ def _run_attack(
     generator = torch.Generator(device=device)
     generator.manual_seed(seed)
     attack = make_attack(
-        config.name, model, threat, dict(config.params),
-        generator=generator, on_step=tracker.advance,
+        config.name,
+        model,
+        threat,
+        dict(config.params),
+        generator=generator,
+        on_step=tracker.advance,
     )
 
     adversarial_predictions = clean_predictions.clone()

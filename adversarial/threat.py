@@ -100,7 +100,8 @@ class L2Ball(ThreatModel):
 
     def step(self, x_adv: torch.Tensor, grad: torch.Tensor, step_size: float) -> torch.Tensor:
         norms = grad.flatten(1).norm(dim=1)
-        return x_adv + step_size * grad / _per_example_view(norms + _TINY, grad)
+        direction = grad.div(_per_example_view(norms + _TINY, grad))
+        return x_adv.add(direction, alpha=step_size)
 
     def distance(self, x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return (x_adv - x).flatten(1).norm(dim=1)

@@ -3,8 +3,9 @@
     python examples/train_digits.py --out digits_cnn
 
 writes ``digits_cnn.onnx`` (any architecture, as data), ``digits_cnn.safetensors`` (a
-state_dict for the built-in ``small_cnn``) and ``digits_cnn.meta.json`` / ``..safetensors.meta.json``
-(the ``meta`` to upload with each). Uses the same fixed split as ``builtin:digits``.
+state_dict for the built-in ``small_cnn``) and the ``meta`` to upload with each
+(``digits_cnn.meta.json``, ``digits_cnn.safetensors.meta.json``). It trains on the
+fixed train split of ``builtin:digits``.
 """
 
 from __future__ import annotations
@@ -52,15 +53,26 @@ def main() -> None:
         accuracy = (model(x_test).argmax(1) == y_test).float().mean().item()
 
     out = Path(args.out)
-    meta = {"name": out.name, "input_shape": [1, 8, 8], "num_classes": 10,
-            "input_range": [0.0, 1.0]}
-    torch.onnx.export(model, (x_test[:1],), f"{out}.onnx", dynamo=False,
-                      input_names=["x"], output_names=["logits"],
-                      dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}})
+    meta = {
+        "name": out.name,
+        "input_shape": [1, 8, 8],
+        "num_classes": 10,
+        "input_range": [0.0, 1.0],
+    }
+    torch.onnx.export(
+        model,
+        (x_test[:1],),
+        f"{out}.onnx",
+        dynamo=False,
+        input_names=["x"],
+        output_names=["logits"],
+        dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}},
+    )
     Path(f"{out}.meta.json").write_text(json.dumps({**meta, "format": "onnx"}))
     save_file(model.state_dict(), f"{out}.safetensors")
-    Path(f"{out}.safetensors.meta.json").write_text(json.dumps(
-        {**meta, "format": "safetensors", "architecture": {"name": "small_cnn"}}))
+    Path(f"{out}.safetensors.meta.json").write_text(
+        json.dumps({**meta, "format": "safetensors", "architecture": {"name": "small_cnn"}})
+    )
     print(f"test accuracy {accuracy:.3f}; wrote {out}.onnx, {out}.safetensors and meta files")  # noqa: T201
 
 

@@ -63,7 +63,7 @@ def openapi_yaml() -> str:
     """The API's OpenAPI document as YAML (what ``openapi.yaml`` holds)."""
     from service.app import create_app
 
-    return yaml.safe_dump(create_app().openapi(), sort_keys=False, allow_unicode=True)
+    return str(yaml.safe_dump(create_app().openapi(), sort_keys=False, allow_unicode=True))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,7 +14,8 @@ from pydantic import BaseModel, Field
 from service.deps import PrincipalDep
 
 
-class ArchitectureRead(BaseModel):
+# The pydantic mypy plugin's __init__(**kwargs) clashes with the field named kwargs.
+class ArchitectureRead(BaseModel):  # type: ignore[no-redef]
     """A built-in architecture that state_dict uploads (safetensors, pt) can name."""
 
     name: str

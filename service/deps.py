@@ -43,16 +43,17 @@ def get_principal(
     """The tenant behind the request's ``Authorization: Bearer <api key>`` header."""
     challenge = {"WWW-Authenticate": "Bearer"}
     if not authorization:
-        raise ProblemError(401, "unauthenticated", "missing Authorization header",
-                           headers=challenge)
+        raise ProblemError(
+            401, "unauthenticated", "missing Authorization header", headers=challenge
+        )
     scheme, _, key = authorization.partition(" ")
     if scheme.lower() != "bearer" or not key.strip():
-        raise ProblemError(401, "unauthenticated", "expected 'Authorization: Bearer <api key>'",
-                           headers=challenge)
+        raise ProblemError(
+            401, "unauthenticated", "expected 'Authorization: Bearer <api key>'", headers=challenge
+        )
     principal = authenticate(session, key.strip())
     if principal is None:
-        raise ProblemError(401, "unauthenticated", "unknown or revoked API key",
-                           headers=challenge)
+        raise ProblemError(401, "unauthenticated", "unknown or revoked API key", headers=challenge)
     return principal
 
 

@@ -6,8 +6,14 @@ import time
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client import generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 from sqlalchemy import text
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -20,11 +26,15 @@ router = APIRouter(tags=["health"])
 
 REGISTRY = CollectorRegistry()
 REQUESTS = Counter(
-    "gauntlet_http_requests_total", "HTTP requests by method, route and status.",
-    ["method", "route", "status"], registry=REGISTRY,
+    "gauntlet_http_requests_total",
+    "HTTP requests by method, route and status.",
+    ["method", "route", "status"],
+    registry=REGISTRY,
 )
 LATENCY = Histogram(
-    "gauntlet_http_request_seconds", "HTTP request latency by route.", ["route"],
+    "gauntlet_http_request_seconds",
+    "HTTP request latency by route.",
+    ["route"],
     registry=REGISTRY,
 )
 JOBS = Gauge("gauntlet_jobs", "Jobs by status.", ["status"], registry=REGISTRY)
@@ -76,8 +86,10 @@ def readyz() -> JSONResponse:
     if not broker_reachable():
         checks["broker"] = "unreachable"
     ready = all(v == "ok" for v in checks.values())
-    return JSONResponse({"status": "ok" if ready else "unavailable", "checks": checks},
-                        status_code=200 if ready else 503)
+    return JSONResponse(
+        {"status": "ok" if ready else "unavailable", "checks": checks},
+        status_code=200 if ready else 503,
+    )
 
 
 @router.get("/metrics")

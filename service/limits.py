@@ -58,7 +58,9 @@ class BodySizeLimit:
     @staticmethod
     async def _refuse(scope: Scope, receive: Receive, send: Send, limit: int) -> None:
         response = problem_response(
-            413, "too_large", f"request bodies to this endpoint are limited to {limit} bytes",
+            413,
+            "too_large",
+            f"request bodies to this endpoint are limited to {limit} bytes",
             headers={"Connection": "close"},
         )
         await response(scope, receive, send)

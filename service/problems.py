@@ -107,7 +107,9 @@ def problem_response(
         errors=list(errors) if errors is not None else None,
     )
     return JSONResponse(
-        body.model_dump(exclude_none=True), status_code=status, media_type=PROBLEM_JSON,
+        body.model_dump(exclude_none=True),
+        status_code=status,
+        media_type=PROBLEM_JSON,
         headers=headers,
     )
 
@@ -126,7 +128,9 @@ def field_path(location: Sequence[Any]) -> str:
     return text or "body"
 
 
-def field_errors(exc: ValidationError | RequestValidationError, prefix: str = "") -> list[FieldError]:
+def field_errors(
+    exc: ValidationError | RequestValidationError, prefix: str = ""
+) -> list[FieldError]:
     """Pydantic errors as ``{field, reason}`` items, ``prefix`` prepended to each field."""
     errors = []
     for error in exc.errors():
@@ -152,7 +156,11 @@ def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(ProblemError)
     async def _problem(_request: Request, exc: ProblemError) -> JSONResponse:
         return problem_response(
-            exc.status, exc.code, exc.detail, title=exc.title, errors=exc.errors,
+            exc.status,
+            exc.code,
+            exc.detail,
+            title=exc.title,
+            errors=exc.errors,
             headers=exc.headers,
         )
 

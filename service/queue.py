@@ -84,8 +84,9 @@ def send_job(job_id: str) -> bool:
     try:
         get_celery().send_task(RUN_JOB_TASK, args=[job_id], queue=get_settings().worker_queue)
     except Exception:
-        logger.warning("could not send job %s to the broker; it will be re-sent", job_id,
-                       exc_info=True)
+        logger.warning(
+            "could not send job %s to the broker; it will be re-sent", job_id, exc_info=True
+        )
         return False
     return True
 

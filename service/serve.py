@@ -65,15 +65,38 @@ def main() -> int:
     key_file = settings.data_dir / "api-key"
     key = ensure_local_key(key_file)
 
-    api = subprocess.Popen([
-        sys.executable, "-m", "uvicorn", "service.main:app",
-        "--host", settings.host, "--port", str(settings.port), "--log-level", "warning",
-    ])
-    worker = subprocess.Popen([
-        sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
-        "--queues", settings.worker_queue, "--concurrency", "1", "--loglevel", "INFO",
-        "--hostname", f"gauntlet-local@%h",
-    ])
+    api = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            "service.main:app",
+            "--host",
+            settings.host,
+            "--port",
+            str(settings.port),
+            "--log-level",
+            "warning",
+        ]
+    )
+    worker = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "worker.celery_app",
+            "worker",
+            "--queues",
+            settings.worker_queue,
+            "--concurrency",
+            "1",
+            "--loglevel",
+            "INFO",
+            "--hostname",
+            "gauntlet-local@%h",
+        ]
+    )
     processes = [api, worker]
 
     stopping = False
@@ -94,7 +117,12 @@ def main() -> int:
         "API key (also in %s):\n  %s\n"
         "Try:  curl -H 'Authorization: Bearer %s' %s/v1/datasets\n"
         "Stop with Ctrl-C.\n",
-        settings.public_url, settings.public_url, key_file, key, key, settings.public_url,
+        settings.public_url,
+        settings.public_url,
+        key_file,
+        key,
+        key,
+        settings.public_url,
     )
     exit_code = 0
     while not stopping:

@@ -28,10 +28,14 @@ class Settings(BaseSettings):
     environment: Literal["development", "production"] = Field(
         "development", description="'production' refuses unsafe defaults such as the dev pepper."
     )
-    data_dir: Path = Field(Path(".gauntlet"), description="Embedded data: database, broker, artifacts.")
+    data_dir: Path = Field(
+        Path(".gauntlet"), description="Embedded data: database, broker, artifacts."
+    )
     database_url: str = Field("", description="SQLAlchemy URL; default: SQLite in data_dir.")
     broker_url: str = Field("", description="Celery broker URL; default: filesystem in data_dir.")
-    artifact_dir: Path | None = Field(None, description="Artifact store folder; default data_dir/artifacts.")
+    artifact_dir: Path | None = Field(
+        None, description="Artifact store folder; default data_dir/artifacts."
+    )
     api_key_pepper: SecretStr = Field(
         SecretStr(_DEV_PEPPER), description="Secret mixed into API key hashes (HMAC-SHA256)."
     )

@@ -56,9 +56,13 @@ def backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
         finally:
             reset_engine()
             with admin.connect() as connection:
-                connection.execute(text(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                    "WHERE datname = :name AND pid <> pg_backend_pid()"), {"name": name})
+                connection.execute(
+                    text(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                        "WHERE datname = :name AND pid <> pg_backend_pid()"
+                    ),
+                    {"name": name},
+                )
                 connection.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
             admin.dispose()
     else:
@@ -106,7 +110,9 @@ def truncate(database_url: str) -> None:
 
 
 @pytest.fixture
-def settings(backend: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
+def settings(
+    backend: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Settings]:
     """Settings for one test: its own data folder, the session's database, empty tables."""
     for name, value in service_environment(backend, tmp_path / "data").items():
         monkeypatch.setenv(name, value)
@@ -140,4 +146,4 @@ def make_tenant(settings: Settings) -> Iterator[Callable[..., Tenant]]:
         assert principal is not None
         return Tenant(principal.tenant_id, key)
 
-    yield _make
+    return _make

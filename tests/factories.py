@@ -12,14 +12,26 @@ from service.storage import get_store
 from service.tables import Dataset, Model, ModelStatus, new_id
 
 
-def model_row(tenant_id: str, *, data: bytes = b"not-a-real-model", status: str = ModelStatus.READY,
-              **overrides: Any) -> str:
+def model_row(
+    tenant_id: str,
+    *,
+    data: bytes = b"not-a-real-model",
+    status: str = ModelStatus.READY,
+    **overrides: Any,
+) -> str:
     """Insert a model row (its file stored) and return its id; no worker involved."""
     sha256, size = get_store().put_bytes(data)
     values: dict[str, Any] = {
-        "id": new_id("m"), "tenant_id": tenant_id, "name": "factory model", "format": "onnx",
-        "input_shape": [1, 8, 8], "num_classes": 10, "input_range": [0.0, 1.0],
-        "file_sha256": sha256, "file_size": size, "status": status,
+        "id": new_id("m"),
+        "tenant_id": tenant_id,
+        "name": "factory model",
+        "format": "onnx",
+        "input_shape": [1, 8, 8],
+        "num_classes": 10,
+        "input_range": [0.0, 1.0],
+        "file_sha256": sha256,
+        "file_size": size,
+        "status": status,
     }
     values.update(overrides)
     with session_scope() as session:
@@ -30,9 +42,16 @@ def model_row(tenant_id: str, *, data: bytes = b"not-a-real-model", status: str 
 def dataset_row(tenant_id: str, **overrides: Any) -> str:
     """Insert a dataset row (no file) and return its id."""
     values: dict[str, Any] = {
-        "id": new_id("d"), "tenant_id": tenant_id, "name": "factory data", "format": "npz",
-        "num_examples": 10, "example_shape": [1, 8, 8], "num_classes": 10,
-        "value_range": [0.0, 1.0], "file_sha256": "0" * 64, "file_size": 1,
+        "id": new_id("d"),
+        "tenant_id": tenant_id,
+        "name": "factory data",
+        "format": "npz",
+        "num_examples": 10,
+        "example_shape": [1, 8, 8],
+        "num_classes": 10,
+        "value_range": [0.0, 1.0],
+        "file_sha256": "0" * 64,
+        "file_size": 1,
     }
     values.update(overrides)
     with session_scope() as session:
@@ -50,9 +69,13 @@ def npz_bytes(**arrays: np.ndarray) -> bytes:
 def audit_spec(model_id: str, **overrides: Any) -> dict[str, Any]:
     """A small valid audit spec."""
     spec: dict[str, Any] = {
-        "kind": "audit", "model_id": model_id, "dataset_id": "builtin:digits",
-        "attacks": [{"name": "fgsm", "eps": [0.1]},
-                    {"name": "pgd", "eps": [0.1], "steps": 5, "step_size": 0.03}],
+        "kind": "audit",
+        "model_id": model_id,
+        "dataset_id": "builtin:digits",
+        "attacks": [
+            {"name": "fgsm", "eps": [0.1]},
+            {"name": "pgd", "eps": [0.1], "steps": 5, "step_size": 0.03},
+        ],
     }
     spec.update(overrides)
     return spec

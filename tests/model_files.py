@@ -24,11 +24,22 @@ def onnx_bytes(model: nn.Module, example: torch.Tensor, *, dynamo: bool = False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if dynamo:
-            torch.onnx.export(model, (example,), buffer, dynamo=True,
-                              dynamic_shapes=({0: torch.export.Dim("batch")},))
+            torch.onnx.export(
+                model,
+                (example,),
+                buffer,
+                dynamo=True,
+                dynamic_shapes=({0: torch.export.Dim("batch")},),
+            )
         else:
-            torch.onnx.export(model, (example,), buffer, dynamo=False, input_names=["x"],
-                              dynamic_axes={"x": {0: "batch"}})
+            torch.onnx.export(
+                model,
+                (example,),
+                buffer,
+                dynamo=False,
+                input_names=["x"],
+                dynamic_axes={"x": {0: "batch"}},
+            )
     return buffer.getvalue()
 
 

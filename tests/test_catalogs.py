@@ -11,7 +11,8 @@ from service.datasets.builtin import BUILTIN_DATASETS, BUILTIN_PREFIX
 
 def test_architecture_catalog_matches_the_zoo() -> None:
     assert {name: a.model_dump() for name, a in ARCHITECTURES.items()} == {
-        name: a.describe() for name, a in ENGINE_ARCHITECTURES.items()}
+        name: a.describe() for name, a in ENGINE_ARCHITECTURES.items()
+    }
 
 
 def test_builtin_dataset_catalog_matches_the_engine() -> None:
@@ -23,6 +24,7 @@ def test_builtin_dataset_catalog_matches_the_engine() -> None:
         assert described.splits == dict(engine.split_sizes)
         for split, size in described.splits.items():
             x, y = load_builtin(engine.name, split)
-            assert x.shape[0] == size and list(x.shape[1:]) == described.example_shape
+            assert x.shape[0] == size
+            assert list(x.shape[1:]) == described.example_shape
             assert [float(x.min()), float(x.max())] == described.value_range
             assert int(y.max()) + 1 == described.num_classes

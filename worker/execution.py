@@ -34,8 +34,9 @@ def execute_job(job_id: str, *, settings: Settings | None = None, owner: str | N
         job = repository.get_any(session, job_id)
     assert job is not None
     runner = RUNNERS.get(job.kind)
-    logger.info("job %s (%s): claimed by %s, attempt %d", job_id, job.kind, lease.owner,
-                job.attempt)
+    logger.info(
+        "job %s (%s): claimed by %s, attempt %d", job_id, job.kind, lease.owner, job.attempt
+    )
 
     error: dict[str, Any]
     with lease:
@@ -44,8 +45,9 @@ def execute_job(job_id: str, *, settings: Settings | None = None, owner: str | N
                 raise EngineInputError("unknown_kind", f"no runner for job kind {job.kind!r}")
             result = runner.run(job, lease)
         except JobCancelled:
-            lease.finish(JobStatus.CANCELLED,
-                         error={"code": "cancelled", "message": "cancelled by a client"})
+            lease.finish(
+                JobStatus.CANCELLED, error={"code": "cancelled", "message": "cancelled by a client"}
+            )
             return JobStatus.CANCELLED
         except LeaseLost:
             logger.warning("job %s: lease lost; another worker owns it now", job_id)
@@ -53,8 +55,10 @@ def execute_job(job_id: str, *, settings: Settings | None = None, owner: str | N
         except EngineInputError as exc:
             error = {"code": exc.code, "message": exc.message}
         except SoftTimeLimitExceeded:
-            error = {"code": "time_limit",
-                     "message": f"the job ran past {settings.job_time_limit_seconds:g} s"}
+            error = {
+                "code": "time_limit",
+                "message": f"the job ran past {settings.job_time_limit_seconds:g} s",
+            }
         except Exception as exc:
             logger.exception("job %s failed", job_id)
             error = {"code": "internal_error", "message": f"{type(exc).__name__}: {exc}"[:2000]}
@@ -68,7 +72,8 @@ def execute_job(job_id: str, *, settings: Settings | None = None, owner: str | N
             return JobStatus.SUCCEEDED if written else "lease_lost"
         hook = runner.on_failure if runner is not None else None
         written = lease.finish(
-            JobStatus.FAILED, error=error,
+            JobStatus.FAILED,
+            error=error,
             also=(lambda session: hook(session, job, error)) if hook else None,
         )
         logger.info("job %s failed: %s", job_id, error["code"])

@@ -61,8 +61,9 @@ class Lease:
             return repository.claim(session, self.job_id, self.owner, utcnow(), self._until())
 
     def __enter__(self) -> Lease:
-        self._thread = threading.Thread(target=self._heartbeat, name=f"lease-{self.job_id}",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._heartbeat, name=f"lease-{self.job_id}", daemon=True
+        )
         self._thread.start()
         return self
 
@@ -98,8 +99,11 @@ class Lease:
         if not force and now - self._last_progress < self.settings.progress_seconds:
             return
         self._last_progress = now
-        progress = {"fraction": round(min(max(fraction, 0.0), 1.0), 4), "stage": stage,
-                    "message": message}
+        progress = {
+            "fraction": round(min(max(fraction, 0.0), 1.0), 4),
+            "stage": stage,
+            "message": message,
+        }
         with session_scope() as session:
             if not repository.write_progress(session, self.job_id, self.owner, progress, utcnow()):
                 self._lost.set()
@@ -117,13 +121,18 @@ class Lease:
         """Write the final state, and ``also`` in the same transaction, if the lease holds."""
         with session_scope() as session:
             written = repository.finish(
-                session, self.job_id, self.owner, status=status, now=utcnow(), result=result,
-                error=error, progress=progress,
+                session,
+                self.job_id,
+                self.owner,
+                status=status,
+                now=utcnow(),
+                result=result,
+                error=error,
+                progress=progress,
             )
             if not written:
                 session.rollback()
-                logger.warning("job %s: lease lost before its final write; discarded",
-                               self.job_id)
+                logger.warning("job %s: lease lost before its final write; discarded", self.job_id)
                 return False
             if also is not None:
                 also(session)

@@ -41,8 +41,9 @@ def model_spec(row: Model) -> ModelSpec:
 
 def load_user_model(row: Model, store: ArtifactStore, settings: Settings) -> InputSpaceModel:
     """Load an uploaded model through the engine's safe loaders (never a pickle loader)."""
-    return load_model(store.read_bytes(row.file_sha256), model_spec(row),
-                      max_bytes=settings.max_model_bytes)
+    return load_model(
+        store.read_bytes(row.file_sha256), model_spec(row), max_bytes=settings.max_model_bytes
+    )
 
 
 def load_examples(
@@ -57,13 +58,15 @@ def load_examples(
         return load_builtin(dataset_id.removeprefix(BUILTIN_PREFIX), split)
     if row is None:
         raise LookupError(f"dataset {dataset_id} is gone")
-    x, y = read_dataset(store.read_bytes(row.file_sha256), row.format,
-                        max_bytes=settings.max_dataset_bytes * 4)
+    x, y = read_dataset(
+        store.read_bytes(row.file_sha256), row.format, max_bytes=settings.max_dataset_bytes * 4
+    )
     return torch.from_numpy(x), torch.from_numpy(y)
 
 
-def subset(x: torch.Tensor, y: torch.Tensor, limit: int | None, seed: int
-           ) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+def subset(
+    x: torch.Tensor, y: torch.Tensor, limit: int | None, seed: int
+) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
     """At most ``limit`` examples: a seeded random subset in original order, and its indices."""
     indices = np.arange(x.shape[0])
     if limit is not None and limit < x.shape[0]:

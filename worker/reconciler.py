@@ -35,9 +35,12 @@ def reconcile_once(settings: Settings | None = None) -> dict[str, int]:
         with session_scope() as session:
             if job.cancel_requested:
                 outcome = "cancelled"
-                values = {"status": JobStatus.CANCELLED, "finished_at": now,
-                          "lease_expires_at": None,
-                          "error": {"code": "cancelled", "message": "cancelled by a client"}}
+                values = {
+                    "status": JobStatus.CANCELLED,
+                    "finished_at": now,
+                    "lease_expires_at": None,
+                    "error": {"code": "cancelled", "message": "cancelled by a client"},
+                }
             elif job.attempt >= job.max_attempts:
                 outcome = "failed"
                 error = {
@@ -45,15 +48,25 @@ def reconcile_once(settings: Settings | None = None) -> dict[str, int]:
                     "message": f"the worker running this job stopped {job.attempt} times "
                     f"(lease {job.lease_owner} expired); giving up",
                 }
-                values = {"status": JobStatus.FAILED, "finished_at": now, "error": error,
-                          "lease_expires_at": None}
+                values = {
+                    "status": JobStatus.FAILED,
+                    "finished_at": now,
+                    "error": error,
+                    "lease_expires_at": None,
+                }
             else:
                 outcome = "requeued"
-                values = {"status": JobStatus.QUEUED, "lease_owner": None,
-                          "lease_expires_at": None, "enqueued_at": None,
-                          "progress": {"fraction": 0.0, "stage": "queued",
-                                       "message": f"re-queued after attempt {job.attempt}: "
-                                       "its worker stopped"}}
+                values = {
+                    "status": JobStatus.QUEUED,
+                    "lease_owner": None,
+                    "lease_expires_at": None,
+                    "enqueued_at": None,
+                    "progress": {
+                        "fraction": 0.0,
+                        "stage": "queued",
+                        "message": f"re-queued after attempt {job.attempt}: its worker stopped",
+                    },
+                }
             if not repository.release_expired(session, job, now, values):
                 continue  # its worker came back, or another reconciler got there first
             runner = RUNNERS.get(job.kind)

@@ -51,7 +51,7 @@ class Attack(ABC):
 
     @abstractmethod
     def perturb(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Return adversarial inputs for clean inputs ``x`` ``[N, ...]`` and labels ``y`` ``[N]``."""
+        """Adversarial inputs for clean inputs ``x`` ``[N, ...]`` and labels ``y`` ``[N]``."""
 
     def planned_steps(self) -> int:
         """Gradient steps this attack plans per example (an upper bound with early stopping)."""

@@ -26,8 +26,13 @@ def upload_dataset(
 ) -> DatasetRead:
     """Upload a dataset: an .npz or .safetensors file with arrays 'x' [N,C,H,W] and 'y' [N]."""
     dataset = service.upload_dataset(
-        session, principal, name or file.filename or "dataset", file.filename, file.file,
-        store=get_store(), settings=settings,
+        session,
+        principal,
+        name or file.filename or "dataset",
+        file.filename,
+        file.file,
+        store=get_store(),
+        settings=settings,
     )
     return DatasetRead.from_row(dataset)
 

@@ -30,10 +30,17 @@ class DatasetRead(BaseModel):
     def from_row(cls, row: Dataset) -> DatasetRead:
         """Build from a table row. An uploaded dataset is one 'test' split."""
         return cls(
-            id=row.id, name=row.name, format=row.format, num_examples=row.num_examples,
-            splits={"test": row.num_examples}, example_shape=row.example_shape,
-            num_classes=row.num_classes, value_range=row.value_range, file_size=row.file_size,
-            file_sha256=row.file_sha256, created_at=row.created_at,
+            id=row.id,
+            name=row.name,
+            format=row.format,
+            num_examples=row.num_examples,
+            splits={"test": row.num_examples},
+            example_shape=row.example_shape,
+            num_classes=row.num_classes,
+            value_range=row.value_range,
+            file_size=row.file_size,
+            file_sha256=row.file_sha256,
+            created_at=row.created_at,
         )
 
 

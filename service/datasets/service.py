@@ -39,7 +39,10 @@ def upload_dataset(
         x, y = read_dataset(data, fmt, max_bytes=settings.max_dataset_bytes * 4)
     except DatasetFileError as exc:
         raise ProblemError(
-            422, "invalid_dataset", str(exc), errors=[FieldError(field=exc.field, reason=exc.reason)]
+            422,
+            "invalid_dataset",
+            str(exc),
+            errors=[FieldError(field=exc.field, reason=exc.reason)],
         ) from None
     summary = summarize(x, y)
     sha256, size = store.put_bytes(data)

@@ -40,32 +40,73 @@ def _audit_sections(result: dict[str, Any]) -> str:
     gate = result.get("gate")
     if gate:
         verdict = "PASSED" if gate["passed"] else "FAILED"
-        parts.append(f"<h2>Gate: <span class='{'pass' if gate['passed'] else 'fail'}'>"
-                     f"{verdict}</span></h2>")
-        parts.append(_table(
-            ["check", "threshold", "value", "result"],
-            [[escape(c["name"]), _pct(c["threshold"]), _pct(c["value"]),
-              "<span class='pass'>pass</span>" if c["passed"] else "<span class='fail'>fail</span>"]
-             for c in gate["checks"]],
-        ))
+        parts.append(
+            f"<h2>Gate: <span class='{'pass' if gate['passed'] else 'fail'}'>{verdict}</span></h2>"
+        )
+        parts.append(
+            _table(
+                ["check", "threshold", "value", "result"],
+                [
+                    [
+                        escape(c["name"]),
+                        _pct(c["threshold"]),
+                        _pct(c["value"]),
+                        "<span class='pass'>pass</span>"
+                        if c["passed"]
+                        else "<span class='fail'>fail</span>",
+                    ]
+                    for c in gate["checks"]
+                ],
+            )
+        )
     for warning in result.get("warnings", []):
-        parts.append(f"<div class='warn'><b>{escape(warning['code'])}</b>: "
-                     f"{escape(warning['message'])}</div>")
+        parts.append(
+            f"<div class='warn'><b>{escape(warning['code'])}</b>: "
+            f"{escape(warning['message'])}</div>"
+        )
     parts.append("<h2>Attacks</h2>")
-    parts.append(_table(
-        ["attack", "norm", "eps", "robust accuracy", "success rate", "wrong confidence",
-         "mean ||delta||", "seconds"],
-        [[escape(a["name"]), escape(a["norm"]), _num(a["eps"]), _pct(a["robust_accuracy"]),
-          _pct(a["success_rate"]), _pct(a["mean_wrong_confidence"]),
-          _num(a["mean_perturbation_norm"]), f"{a['seconds']:.2f}"]
-         for a in result["attacks"]],
-    ))
+    parts.append(
+        _table(
+            [
+                "attack",
+                "norm",
+                "eps",
+                "robust accuracy",
+                "success rate",
+                "wrong confidence",
+                "mean ||delta||",
+                "seconds",
+            ],
+            [
+                [
+                    escape(a["name"]),
+                    escape(a["norm"]),
+                    _num(a["eps"]),
+                    _pct(a["robust_accuracy"]),
+                    _pct(a["success_rate"]),
+                    _pct(a["mean_wrong_confidence"]),
+                    _num(a["mean_perturbation_norm"]),
+                    f"{a['seconds']:.2f}",
+                ]
+                for a in result["attacks"]
+            ],
+        )
+    )
     parts.append("<h2>Worst case per eps</h2>")
-    parts.append(_table(
-        ["norm", "eps", "attacks", "robust accuracy"],
-        [[escape(w["norm"]), _num(w["eps"]), escape(", ".join(w["attacks"])),
-          _pct(w["robust_accuracy"])] for w in result["worst_case"]],
-    ))
+    parts.append(
+        _table(
+            ["norm", "eps", "attacks", "robust accuracy"],
+            [
+                [
+                    escape(w["norm"]),
+                    _num(w["eps"]),
+                    escape(", ".join(w["attacks"])),
+                    _pct(w["robust_accuracy"]),
+                ]
+                for w in result["worst_case"]
+            ],
+        )
+    )
     return "".join(parts)
 
 
@@ -79,5 +120,7 @@ def render_report(job: JobRead) -> str:
         parts.append(_audit_sections(job.result))
     elif job.status in ("queued", "running"):
         parts.append(f"<p>{_pct(job.progress.fraction)} done: {escape(job.progress.message)}</p>")
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title>"
-            f"<style>{_STYLE}</style></head><body>{''.join(parts)}</body></html>")
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title>"
+        f"<style>{_STYLE}</style></head><body>{''.join(parts)}</body></html>"
+    )

@@ -25,9 +25,7 @@ def add(session: Session, job: Job) -> None:
 
 def get(session: Session, tenant_id: str, job_id: str) -> Job | None:
     """A tenant's job."""
-    return session.scalars(
-        select(Job).where(Job.id == job_id, Job.tenant_id == tenant_id)
-    ).first()
+    return session.scalars(select(Job).where(Job.id == job_id, Job.tenant_id == tenant_id)).first()
 
 
 def get_any(session: Session, job_id: str) -> Job | None:
@@ -74,9 +72,7 @@ def mark_enqueued(session: Session, job_id: str, now: dt.datetime) -> bool:
     """Record that a queued job's id was handed to the broker."""
     return _changed(
         session,
-        update(Job)
-        .where(Job.id == job_id, Job.status == JobStatus.QUEUED)
-        .values(enqueued_at=now),
+        update(Job).where(Job.id == job_id, Job.status == JobStatus.QUEUED).values(enqueued_at=now),
     )
 
 
@@ -86,8 +82,7 @@ def cancel_queued(session: Session, job_id: str, now: dt.datetime) -> bool:
         session,
         update(Job)
         .where(Job.id == job_id, Job.status == JobStatus.QUEUED)
-        .values(status=JobStatus.CANCELLED, cancel_requested=True, finished_at=now,
-                updated_at=now),
+        .values(status=JobStatus.CANCELLED, cancel_requested=True, finished_at=now, updated_at=now),
     )
 
 
@@ -104,8 +99,9 @@ def request_cancel(session: Session, job_id: str, now: dt.datetime) -> bool:
 # -- the worker's side: claim, heartbeat, progress, finish --------------------------------
 
 
-def claim(session: Session, job_id: str, owner: str, now: dt.datetime,
-          lease_until: dt.datetime) -> bool:
+def claim(
+    session: Session, job_id: str, owner: str, now: dt.datetime, lease_until: dt.datetime
+) -> bool:
     """Take a queued job: only one worker's claim can succeed."""
     return _changed(
         session,
@@ -142,8 +138,9 @@ def cancel_was_requested(session: Session, job_id: str) -> bool:
     return bool(session.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
 
 
-def write_progress(session: Session, job_id: str, owner: str, progress: dict[str, Any],
-                   now: dt.datetime) -> bool:
+def write_progress(
+    session: Session, job_id: str, owner: str, progress: dict[str, Any], now: dt.datetime
+) -> bool:
     """Store progress while the lease is held."""
     return _changed(
         session,
@@ -240,4 +237,4 @@ def count_by_status(session: Session) -> dict[str, int]:
     from sqlalchemy import func
 
     rows = session.execute(select(Job.status, func.count()).group_by(Job.status)).all()
-    return {status: count for status, count in rows}
+    return dict(rows)

@@ -122,7 +122,9 @@ def evaluate_gate(gate: Gate, clean_accuracy: float, attacks: list[AttackResult]
     return GateResult(passed=all(c.passed for c in checks), checks=checks)
 
 
-def gate_for(spec: AuditSpec, clean_accuracy: float, attacks: list[AttackResult]) -> GateResult | None:
+def gate_for(
+    spec: AuditSpec, clean_accuracy: float, attacks: list[AttackResult]
+) -> GateResult | None:
     """The audit's gate verdict, or ``None`` when the spec has no gate."""
     if spec.gate is None:
         return None

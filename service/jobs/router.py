@@ -21,7 +21,8 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 IdempotencyKey = Annotated[
     str | None,
     Header(
-        alias="Idempotency-Key", max_length=255,
+        alias="Idempotency-Key",
+        max_length=255,
         description="Retrying with the same key and body returns the same job, never a second "
         "one; the same key with another body is a 422.",
     ),
@@ -62,7 +63,12 @@ def list_jobs(
 ) -> JobList:
     """List the tenant's jobs, newest first, optionally filtered."""
     rows = repository.list_page(
-        session, principal.tenant_id, limit=limit, cursor=cursor, status=status, kind=kind,
+        session,
+        principal.tenant_id,
+        limit=limit,
+        cursor=cursor,
+        status=status,
+        kind=kind,
         model_id=model_id,
     )
     return JobList(

@@ -89,5 +89,10 @@ class ArtifactRead(BaseModel):
     @classmethod
     def from_row(cls, row: Artifact) -> ArtifactRead:
         """Build from a table row."""
-        return cls(name=row.name, size=row.size, sha256=row.sha256,
-                   content_type=row.content_type, created_at=row.created_at)
+        return cls(
+            name=row.name,
+            size=row.size,
+            sha256=row.sha256,
+            content_type=row.content_type,
+            created_at=row.created_at,
+        )

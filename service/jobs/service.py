@@ -129,7 +129,8 @@ def _ready_model(session: Session, principal: Principal, model_id: str) -> Model
         raise not_found("model", model_id)
     if model.status == ModelStatus.VALIDATING:
         raise ProblemError(
-            409, "model_not_ready",
+            409,
+            "model_not_ready",
             f"model {model_id!r} is still being validated; retry when its status is 'ready'",
             headers={"Retry-After": "2"},
         )
@@ -139,7 +140,9 @@ def _ready_model(session: Session, principal: Principal, model_id: str) -> Model
     return model
 
 
-def check_audit_fits(spec: AuditSpec, model: Model, dataset: DatasetRead, settings: Settings) -> None:
+def check_audit_fits(
+    spec: AuditSpec, model: Model, dataset: DatasetRead, settings: Settings
+) -> None:
     """Refuse an audit whose data, labels or eps cannot work with its model."""
     if spec.split not in dataset.splits:
         raise invalid("split", f"dataset {dataset.id!r} has splits {sorted(dataset.splits)}")

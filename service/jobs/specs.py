@@ -15,8 +15,9 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Norm = Literal["linf", "l2"]
-EpsList = Annotated[list[Annotated[float, Field(ge=0, allow_inf_nan=False)]],
-                    Field(min_length=1, max_length=32)]
+EpsList = Annotated[
+    list[Annotated[float, Field(ge=0, allow_inf_nan=False)]], Field(min_length=1, max_length=32)
+]
 
 
 class _Strict(BaseModel):
@@ -96,8 +97,12 @@ class AuditSpec(_Strict):
     model_id: str = Field(min_length=1, max_length=80)
     dataset_id: str = Field("builtin:digits", min_length=1, max_length=80)
     split: Literal["train", "test"] = "test"
-    limit: int | None = Field(None, ge=1, description="Evaluate at most this many examples "
-                              "(a seeded random subset; all when omitted).")
+    limit: int | None = Field(
+        None,
+        ge=1,
+        description="Evaluate at most this many examples "
+        "(a seeded random subset; all when omitted).",
+    )
     seed: int = Field(0, ge=0, le=2**31 - 1)
     batch_size: int | None = Field(None, ge=1, le=65_536)
     attacks: list[AttackSpec] = Field(min_length=1, max_length=32)

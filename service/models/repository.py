@@ -39,10 +39,10 @@ def list_page(session: Session, tenant_id: str, *, limit: int, cursor: str | Non
     return list(session.scalars(query.order_by(Model.id.desc()).limit(limit)))
 
 
-def set_status(session: Session, model_id: str, status: str, error: dict[str, Any] | None,
-               now: dt.datetime) -> None:
+def set_status(
+    session: Session, model_id: str, status: str, error: dict[str, Any] | None, now: dt.datetime
+) -> None:
     """Record a model's validation outcome."""
     session.execute(
-        update(Model).where(Model.id == model_id).values(status=status, error=error,
-                                                         updated_at=now)
+        update(Model).where(Model.id == model_id).values(status=status, error=error, updated_at=now)
     )

@@ -12,7 +12,7 @@ from service.deps import PrincipalDep, SessionDep, SettingsDep
 from service.models import repository, service
 from service.models.schemas import ModelList, ModelMeta, ModelRead
 from service.pagination import Cursor, Limit, next_cursor
-from service.problems import invalid, validation_problem, field_errors
+from service.problems import field_errors, invalid, validation_problem
 from service.storage import get_store
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
@@ -36,8 +36,13 @@ def upload_model(
     session: SessionDep,
     settings: SettingsDep,
     file: UploadFile,
-    meta: Annotated[str, Form(description="JSON: name, format, input_shape, num_classes, "
-                                          "input_range, normalization, architecture.")],
+    meta: Annotated[
+        str,
+        Form(
+            description="JSON: name, format, input_shape, num_classes, "
+            "input_range, normalization, architecture."
+        ),
+    ],
 ) -> ModelRead:
     """Upload a model file; it is validated by a worker (status 'validating' until then)."""
     model = service.upload_model(

@@ -116,12 +116,21 @@ class ModelRead(BaseModel):
     def from_row(cls, row: Model) -> ModelRead:
         """Build from a table row."""
         return cls(
-            id=row.id, name=row.name, format=row.format, input_shape=row.input_shape,
-            num_classes=row.num_classes, input_range=row.input_range,
-            normalization=row.normalization, architecture=row.architecture, status=row.status,
-            error=ModelError(**row.error) if row.error else None, file_size=row.file_size,
-            file_sha256=row.file_sha256, validation_job_id=row.validation_job_id,
-            created_at=row.created_at, updated_at=row.updated_at,
+            id=row.id,
+            name=row.name,
+            format=row.format,
+            input_shape=row.input_shape,
+            num_classes=row.num_classes,
+            input_range=row.input_range,
+            normalization=row.normalization,
+            architecture=row.architecture,
+            status=row.status,
+            error=ModelError(**row.error) if row.error else None,
+            file_size=row.file_size,
+            file_sha256=row.file_sha256,
+            validation_job_id=row.validation_job_id,
+            created_at=row.created_at,
+            updated_at=row.updated_at,
         )
 
 

@@ -36,8 +36,13 @@ def create_api_key(
     key = generate_api_key()
     repository.add(
         session,
-        ApiKey(id=new_id("k"), tenant_id=tenant.id, name=name, key_hash=hash_api_key(key),
-               is_admin=is_admin),
+        ApiKey(
+            id=new_id("k"),
+            tenant_id=tenant.id,
+            name=name,
+            key_hash=hash_api_key(key),
+            is_admin=is_admin,
+        ),
     )
     return key
 

@@ -44,13 +44,21 @@ class LiveService:
     def _spawn(self, name: str, command: list[str]) -> subprocess.Popen[bytes]:
         log = (self.logs / f"{name}.log").open("ab")
         # A session of its own, so a test can kill the whole process group (pool included).
-        return subprocess.Popen(command, cwd=ROOT, env=self.environment, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env=self.environment,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     def start_api(self) -> None:
         host, port = self.url.removeprefix("http://").split(":")
-        self.api = self._spawn("api", [sys.executable, "-m", "uvicorn", "service.main:app",
-                                       "--host", host, "--port", port])
+        self.api = self._spawn(
+            "api",
+            [sys.executable, "-m", "uvicorn", "service.main:app", "--host", host, "--port", port],
+        )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             assert self.api.poll() is None, self.log_text()
@@ -63,12 +71,28 @@ class LiveService:
 
     def start_worker(self) -> subprocess.Popen[bytes]:
         index = len(self.workers)
-        worker = self._spawn(f"worker{index}", [
-            sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker",
-            "--queues", self.environment["GAUNTLET_WORKER_QUEUE"], "--concurrency", "1",
-            "--loglevel", "INFO", "--hostname", f"e2e{index}@%h", "--without-heartbeat",
-            "--without-gossip", "--without-mingle",
-        ])
+        worker = self._spawn(
+            f"worker{index}",
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "worker.celery_app",
+                "worker",
+                "--queues",
+                self.environment["GAUNTLET_WORKER_QUEUE"],
+                "--concurrency",
+                "1",
+                "--loglevel",
+                "INFO",
+                "--hostname",
+                f"e2e{index}@%h",
+                "--without-heartbeat",
+                "--without-gossip",
+                "--without-mingle",
+            ],
+        )
         self.workers.append(worker)
         return worker
 
@@ -86,8 +110,10 @@ class LiveService:
             self.kill(process)
 
     def log_text(self) -> str:
-        return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-6000:]}"
-                         for p in sorted(self.logs.glob("*.log")))
+        return "\n".join(
+            f"--- {p.name}\n{p.read_text(errors='replace')[-6000:]}"
+            for p in sorted(self.logs.glob("*.log"))
+        )
 
     def client(self) -> httpx.Client:
         return httpx.Client(base_url=self.url, headers=self.tenant.headers, timeout=30)
@@ -105,15 +131,27 @@ class LiveService:
 
 
 @pytest.fixture
-def live_service(backend: Backend, settings: Settings, make_tenant, tmp_path: Path,
-                 request: pytest.FixtureRequest) -> Iterator[LiveService]:
+def live_service(
+    backend: Backend,
+    settings: Settings,
+    make_tenant,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+) -> Iterator[LiveService]:
     """The API and one worker, started; stopped (SIGKILL) after the test."""
-    environment = {**os.environ, **service_environment(backend, settings.data_dir),
-                   "PYTHONUNBUFFERED": "1"}
+    environment = {
+        **os.environ,
+        **service_environment(backend, settings.data_dir),
+        "PYTHONUNBUFFERED": "1",
+    }
     logs = tmp_path / "logs"
     logs.mkdir()
-    service = LiveService(url=f"http://127.0.0.1:{free_port()}", environment=environment,
-                          logs=logs, tenant=make_tenant())
+    service = LiveService(
+        url=f"http://127.0.0.1:{free_port()}",
+        environment=environment,
+        logs=logs,
+        tenant=make_tenant(),
+    )
     try:
         service.start_api()
         service.start_worker()

@@ -16,8 +16,9 @@ GOOD_Y = RNG.integers(0, 10, 20)
 
 
 def upload(client: TestClient, headers: dict[str, str], data: bytes, filename: str = "d.npz"):
-    return client.post("/v1/datasets", headers=headers, files={"file": (filename, data)},
-                       data={"name": "mine"})
+    return client.post(
+        "/v1/datasets", headers=headers, files={"file": (filename, data)}, data={"name": "mine"}
+    )
 
 
 def test_npz_upload_is_summarized(client: TestClient, make_tenant) -> None:
@@ -72,7 +73,8 @@ def test_bad_arrays_are_422(client: TestClient, make_tenant, arrays, field, need
     response = upload(client, make_tenant().headers, npz_bytes(**arrays))
     assert response.status_code == 422, response.text
     error = response.json()["errors"][0]
-    assert error["field"] == field and needle in error["reason"], error
+    assert error["field"] == field, error
+    assert needle in error["reason"], error
 
 
 def test_pickled_object_arrays_are_refused(client: TestClient, make_tenant) -> None:
@@ -92,7 +94,6 @@ def test_other_tenants_dataset_is_404(client: TestClient, make_tenant) -> None:
     owner, intruder = make_tenant(), make_tenant()
     dataset_id = upload(client, owner.headers, npz_bytes(x=GOOD_X, y=GOOD_Y)).json()["id"]
     assert client.get(f"/v1/datasets/{dataset_id}", headers=intruder.headers).status_code == 404
-    assert client.delete(f"/v1/datasets/{dataset_id}",
-                         headers=intruder.headers).status_code == 404
+    assert client.delete(f"/v1/datasets/{dataset_id}", headers=intruder.headers).status_code == 404
     assert client.delete(f"/v1/datasets/{dataset_id}", headers=owner.headers).status_code == 204
     assert client.get(f"/v1/datasets/{dataset_id}", headers=owner.headers).status_code == 404

@@ -28,7 +28,8 @@ def test_audit_is_queued(client: TestClient, tenant, model_id) -> None:
     response = submit(client, tenant.headers, audit_spec(model_id))
     assert response.status_code == 202, response.text
     job = response.json()
-    assert job["status"] == "queued" and job["kind"] == "audit"
+    assert job["status"] == "queued"
+    assert job["kind"] == "audit"
     assert job["progress"]["fraction"] == 0.0
     assert response.headers["location"] == f"/v1/jobs/{job['id']}"
     assert job["spec"]["attacks"][1]["steps"] == 5
@@ -38,7 +39,8 @@ def test_idempotency_key_replay_returns_the_same_job(client: TestClient, tenant,
     spec = audit_spec(model_id)
     first = submit(client, tenant.headers, spec, key="ci-run-41")
     again = submit(client, tenant.headers, spec, key="ci-run-41")
-    assert first.status_code == 202 and again.status_code == 200
+    assert first.status_code == 202
+    assert again.status_code == 200
     assert again.json()["id"] == first.json()["id"]
     assert again.headers["idempotent-replayed"] == "true"
     jobs = client.get("/v1/jobs", headers=tenant.headers, params={"kind": "audit"}).json()
@@ -63,26 +65,39 @@ def test_idempotency_keys_are_per_tenant(client: TestClient, make_tenant) -> Non
 @pytest.mark.parametrize(
     ("change", "field", "needle"),
     [
-        ({"attacks": [{"name": "fgsm", "eps": [-0.1]}]}, "attacks[0].fgsm.eps[0]",
-         "greater than or equal to 0"),
+        (
+            {"attacks": [{"name": "fgsm", "eps": [-0.1]}]},
+            "attacks[0].fgsm.eps[0]",
+            "greater than or equal to 0",
+        ),
         ({"attacks": [{"name": "fgsm", "eps": [1.5]}]}, "attacks[0].eps", "beyond the input range"),
-        ({"attacks": [{"name": "pgd", "norm": "l2", "eps": [9.0]}]}, "attacks[0].eps",
-         "beyond the input range"),
+        (
+            {"attacks": [{"name": "pgd", "norm": "l2", "eps": [9.0]}]},
+            "attacks[0].eps",
+            "beyond the input range",
+        ),
         ({"attacks": [{"name": "fgsm", "eps": [0.1, 0.1]}]}, "attacks", "listed twice"),
-        ({"attacks": [{"name": "pgd", "eps": [0.1], "steps": 0}]}, "attacks[0].pgd.steps",
-         "greater than or equal to 1"),
+        (
+            {"attacks": [{"name": "pgd", "eps": [0.1], "steps": 0}]},
+            "attacks[0].pgd.steps",
+            "greater than or equal to 1",
+        ),
         ({"attacks": [{"name": "deepfool", "eps": [0.1]}]}, "attacks[0]", "does not match"),
         ({"attacks": []}, "attacks", "at least 1"),
         ({"kind": "train"}, "kind", "Input should be 'audit'"),
         ({"split": "validation"}, "split", "Input should be"),
         ({"limit": 0}, "limit", "greater than or equal to 1"),
-        ({"gate": {"min_robust_accuracy": [{"attack": "pgd", "eps": 0.3, "value": 0.5}]}},
-         "body", "matches no attack"),
+        (
+            {"gate": {"min_robust_accuracy": [{"attack": "pgd", "eps": 0.3, "value": 0.5}]}},
+            "body",
+            "matches no attack",
+        ),
         ({"gate": {"min_clean_accuracy": 1.5}}, "gate.min_clean_accuracy", "less than or equal"),
     ],
 )
-def test_bad_spec_is_422_naming_the_field(client: TestClient, tenant, model_id, change, field,
-                                          needle) -> None:
+def test_bad_spec_is_422_naming_the_field(
+    client: TestClient, tenant, model_id, change, field, needle
+) -> None:
     response = submit(client, tenant.headers, audit_spec(model_id, **change))
     assert response.status_code == 422, response.text
     assert response.headers["content-type"] == "application/problem+json"
@@ -95,7 +110,8 @@ def test_labels_beyond_the_models_classes_are_422(client: TestClient, tenant, mo
     response = submit(client, tenant.headers, audit_spec(model_id, dataset_id=dataset_id))
     assert response.status_code == 422
     error = response.json()["errors"][0]
-    assert error["field"] == "dataset_id" and "labels go up to 11" in error["reason"]
+    assert error["field"] == "dataset_id"
+    assert "labels go up to 11" in error["reason"]
 
 
 def test_data_of_another_shape_is_422(client: TestClient, tenant) -> None:
@@ -114,8 +130,9 @@ def test_data_outside_the_input_range_is_422(client: TestClient, tenant, model_i
 
 def test_train_split_of_an_upload_is_422(client: TestClient, tenant, model_id) -> None:
     dataset_id = dataset_row(tenant.id)
-    response = submit(client, tenant.headers,
-                      audit_spec(model_id, dataset_id=dataset_id, split="train"))
+    response = submit(
+        client, tenant.headers, audit_spec(model_id, dataset_id=dataset_id, split="train")
+    )
     assert response.status_code == 422
     assert response.json()["errors"][0]["field"] == "split"
 
@@ -128,40 +145,51 @@ def test_unknown_and_foreign_ids_are_404(client: TestClient, make_tenant) -> Non
     assert foreign.status_code == missing.status_code == 404
     mine = model_row(intruder.id)
     their_data = dataset_row(owner.id)
-    assert submit(client, intruder.headers,
-                  audit_spec(mine, dataset_id=their_data)).status_code == 404
-    assert submit(client, intruder.headers,
-                  audit_spec(mine, dataset_id="builtin:imagenet")).status_code == 404
+    assert (
+        submit(client, intruder.headers, audit_spec(mine, dataset_id=their_data)).status_code == 404
+    )
+    assert (
+        submit(
+            client, intruder.headers, audit_spec(mine, dataset_id="builtin:imagenet")
+        ).status_code
+        == 404
+    )
     job = submit(client, owner.headers, audit_spec(theirs)).json()
     assert client.get(f"/v1/jobs/{job['id']}", headers=intruder.headers).status_code == 404
-    assert client.post(f"/v1/jobs/{job['id']}/cancel",
-                       headers=intruder.headers).status_code == 404
+    assert client.post(f"/v1/jobs/{job['id']}/cancel", headers=intruder.headers).status_code == 404
     assert client.get("/v1/jobs", headers=intruder.headers).json()["items"] == []
 
 
 def test_model_still_validating_is_409_and_invalid_is_422(client: TestClient, tenant) -> None:
     validating = model_row(tenant.id, status=ModelStatus.VALIDATING)
     response = submit(client, tenant.headers, audit_spec(validating))
-    assert response.status_code == 409 and response.headers["retry-after"]
-    invalid = model_row(tenant.id, status=ModelStatus.INVALID,
-                        error={"code": "bad_output_shape", "message": "outputs [4, 3]"})
+    assert response.status_code == 409
+    assert response.headers["retry-after"]
+    invalid = model_row(
+        tenant.id,
+        status=ModelStatus.INVALID,
+        error={"code": "bad_output_shape", "message": "outputs [4, 3]"},
+    )
     response = submit(client, tenant.headers, audit_spec(invalid))
     assert response.status_code == 422
     assert "outputs [4, 3]" in response.json()["detail"]
 
 
 def test_list_filters_and_paginates(client: TestClient, tenant, model_id) -> None:
-    ids = [submit(client, tenant.headers, audit_spec(model_id, seed=i)).json()["id"]
-           for i in range(5)]
+    ids = [
+        submit(client, tenant.headers, audit_spec(model_id, seed=i)).json()["id"] for i in range(5)
+    ]
     client.post(f"/v1/jobs/{ids[0]}/cancel", headers=tenant.headers)
     page = client.get("/v1/jobs", headers=tenant.headers, params={"limit": 3}).json()
     assert [j["id"] for j in page["items"]] == ids[::-1][:3]
-    rest = client.get("/v1/jobs", headers=tenant.headers,
-                      params={"limit": 3, "cursor": page["next_cursor"]}).json()
+    rest = client.get(
+        "/v1/jobs", headers=tenant.headers, params={"limit": 3, "cursor": page["next_cursor"]}
+    ).json()
     assert [j["id"] for j in rest["items"]] == ids[::-1][3:]
     assert rest["next_cursor"] is None
-    cancelled = client.get("/v1/jobs", headers=tenant.headers,
-                           params={"status": "cancelled"}).json()["items"]
+    cancelled = client.get(
+        "/v1/jobs", headers=tenant.headers, params={"status": "cancelled"}
+    ).json()["items"]
     assert [j["id"] for j in cancelled] == [ids[0]]
     bad = client.get("/v1/jobs", headers=tenant.headers, params={"status": "exploded"})
     assert bad.status_code == 422
@@ -173,7 +201,8 @@ def test_cancel_a_queued_job(client: TestClient, tenant, model_id) -> None:
     assert response.status_code == 202
     assert response.json()["status"] == "cancelled"
     again = client.post(f"/v1/jobs/{job['id']}/cancel", headers=tenant.headers)
-    assert again.status_code == 202 and again.json()["status"] == "cancelled"
+    assert again.status_code == 202
+    assert again.json()["status"] == "cancelled"
 
 
 def test_report_of_a_queued_job(client: TestClient, tenant, model_id) -> None:
@@ -181,11 +210,13 @@ def test_report_of_a_queued_job(client: TestClient, tenant, model_id) -> None:
     page = client.get(f"/v1/jobs/{job['id']}/report", headers=tenant.headers)
     assert page.status_code == 200
     assert page.headers["content-type"].startswith("text/html")
-    assert job["id"] in page.text and "queued" in page.text
+    assert job["id"] in page.text
+    assert "queued" in page.text
 
 
-def test_json_body_over_the_cap_is_413(client: TestClient, tenant, model_id, settings,
-                                       monkeypatch) -> None:
+def test_json_body_over_the_cap_is_413(
+    client: TestClient, tenant, model_id, settings, monkeypatch
+) -> None:
     spec = audit_spec(model_id)
     spec["attacks"] = [{"name": "fgsm", "eps": [0.1]}] * 1
     padding = {"model_id": model_id + " " * (settings.max_json_bytes + 10)}
@@ -201,8 +232,8 @@ def test_chunked_body_over_the_cap_is_413(client: TestClient, tenant) -> None:
         for _ in range(40):
             yield b"x" * 65536
 
-    response = client.post("/v1/jobs", headers={**tenant.headers,
-                                                "Content-Type": "application/json"},
-                           content=chunks())
+    response = client.post(
+        "/v1/jobs", headers={**tenant.headers, "Content-Type": "application/json"}, content=chunks()
+    )
     assert response.status_code == 413
     assert response.json()["code"] == "too_large"

@@ -12,11 +12,17 @@ from tests.factories import model_row
 ONNX_META = {"name": "cnn", "format": "onnx", "input_shape": [1, 8, 8], "num_classes": 10}
 
 
-def upload(client: TestClient, headers: dict[str, str], meta: object, data: bytes = b"\x08\x01",
-           filename: str = "model.onnx"):
+def upload(
+    client: TestClient,
+    headers: dict[str, str],
+    meta: object,
+    data: bytes = b"\x08\x01",
+    filename: str = "model.onnx",
+):
     meta_text = meta if isinstance(meta, str) else json.dumps(meta)
-    return client.post("/v1/models", headers=headers, files={"file": (filename, data)},
-                       data={"meta": meta_text})
+    return client.post(
+        "/v1/models", headers=headers, files={"file": (filename, data)}, data={"meta": meta_text}
+    )
 
 
 def test_upload_is_accepted_and_queues_validation(client: TestClient, make_tenant) -> None:
@@ -27,7 +33,8 @@ def test_upload_is_accepted_and_queues_validation(client: TestClient, make_tenan
     assert model["status"] == "validating"
     assert model["file_size"] == len(b"onnx bytes")
     job = client.get(f"/v1/jobs/{model['validation_job_id']}", headers=tenant.headers).json()
-    assert job["kind"] == "validate_model" and job["status"] == "queued"
+    assert job["kind"] == "validate_model"
+    assert job["status"] == "queued"
     listed = client.get("/v1/models", headers=tenant.headers).json()
     assert [m["id"] for m in listed["items"]] == [model["id"]]
 
@@ -41,17 +48,27 @@ def test_upload_is_accepted_and_queues_validation(client: TestClient, make_tenan
         ({**ONNX_META, "num_classes": 1}, "meta.num_classes", "greater than or equal to 2"),
         ({**ONNX_META, "input_range": [1, 0]}, "meta", "lower < upper"),
         ({**ONNX_META, "format": "safetensors"}, "meta", "needs 'architecture'"),
-        ({**ONNX_META, "format": "pt", "architecture": {"name": "resnet9000"}},
-         "meta.architecture", "unknown architecture"),
-        ({**ONNX_META, "format": "pt", "architecture": {"name": "mlp", "kwargs": {"depth": 3}}},
-         "meta.architecture", "takes no argument(s) depth"),
-        ({**ONNX_META, "normalization": {"mean": [0.5], "std": [0.0]}},
-         "meta.normalization", "std must be positive"),
+        (
+            {**ONNX_META, "format": "pt", "architecture": {"name": "resnet9000"}},
+            "meta.architecture",
+            "unknown architecture",
+        ),
+        (
+            {**ONNX_META, "format": "pt", "architecture": {"name": "mlp", "kwargs": {"depth": 3}}},
+            "meta.architecture",
+            "takes no argument(s) depth",
+        ),
+        (
+            {**ONNX_META, "normalization": {"mean": [0.5], "std": [0.0]}},
+            "meta.normalization",
+            "std must be positive",
+        ),
         ({**ONNX_META, "extra": 1}, "meta.extra", "Extra inputs"),
     ],
 )
-def test_bad_meta_is_422_naming_the_field(client: TestClient, make_tenant, meta, field,
-                                          needle) -> None:
+def test_bad_meta_is_422_naming_the_field(
+    client: TestClient, make_tenant, meta, field, needle
+) -> None:
     tenant = make_tenant()
     response = upload(client, tenant.headers, meta)
     assert response.status_code == 422, response.text
@@ -62,8 +79,9 @@ def test_bad_meta_is_422_naming_the_field(client: TestClient, make_tenant, meta,
 
 def test_missing_file_is_422(client: TestClient, make_tenant) -> None:
     tenant = make_tenant()
-    response = client.post("/v1/models", headers=tenant.headers,
-                           data={"meta": json.dumps(ONNX_META)})
+    response = client.post(
+        "/v1/models", headers=tenant.headers, data={"meta": json.dumps(ONNX_META)}
+    )
     assert response.status_code == 422
     assert response.json()["errors"][0]["field"] == "file"
 
@@ -90,7 +108,8 @@ def test_other_tenants_model_is_an_identical_404(client: TestClient, make_tenant
     assert theirs.status_code == missing.status_code == 404
     assert theirs.json()["code"] == missing.json()["code"] == "not_found"
     assert theirs.json()["detail"].replace(model_id, "X") == missing.json()["detail"].replace(
-        "m_missing", "X")
+        "m_missing", "X"
+    )
     assert client.delete(f"/v1/models/{model_id}", headers=intruder.headers).status_code == 404
     assert client.get("/v1/models", headers=intruder.headers).json()["items"] == []
 
@@ -117,6 +136,7 @@ def test_list_paginates_with_a_cursor(client: TestClient, make_tenant) -> None:
 
 
 def test_architectures_are_listed(client: TestClient, make_tenant) -> None:
-    names = {a["name"] for a in client.get("/v1/architectures",
-                                           headers=make_tenant().headers).json()}
+    names = {
+        a["name"] for a in client.get("/v1/architectures", headers=make_tenant().headers).json()
+    }
     assert {"mlp", "small_cnn", "lenet5", "preact_resnet18"} <= names

@@ -16,7 +16,8 @@ def test_missing_key_is_401_problem(client: TestClient) -> None:
     assert response.status_code == 401
     assert response.headers["content-type"] == PROBLEM
     body = response.json()
-    assert body["code"] == "unauthenticated" and body["status"] == 401
+    assert body["code"] == "unauthenticated"
+    assert body["status"] == 401
     assert response.headers["www-authenticate"] == "Bearer"
 
 
@@ -83,6 +84,7 @@ def test_service_imports_no_torch() -> None:
         "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in "
         "('torch', 'adversarial', 'worker', 'sklearn', 'onnx'))))"
     )
-    output = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
-                            text=True).stdout
+    output = subprocess.run(
+        [sys.executable, "-c", code], check=True, capture_output=True, text=True
+    ).stdout
     assert json.loads(output) == []

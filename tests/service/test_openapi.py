@@ -19,6 +19,14 @@ def test_openapi_yaml_matches_app() -> None:
 
 def test_openapi_documents_the_core_routes() -> None:
     paths = yaml.safe_load(openapi_yaml())["paths"]
-    for path in ("/v1/models", "/v1/datasets", "/v1/jobs", "/v1/jobs/{job_id}",
-                 "/v1/jobs/{job_id}/cancel", "/v1/architectures", "/healthz", "/readyz"):
+    for path in (
+        "/v1/models",
+        "/v1/datasets",
+        "/v1/jobs",
+        "/v1/jobs/{job_id}",
+        "/v1/jobs/{job_id}/cancel",
+        "/v1/architectures",
+        "/healthz",
+        "/readyz",
+    ):
         assert path in paths

@@ -23,8 +23,14 @@ from worker.lease import Lease
 
 def queued_job(settings, tenant_id: str, spec: dict) -> str:
     with session_scope() as session:
-        job = create_job(session, tenant_id=tenant_id, kind=spec["kind"], spec=spec,
-                         model_id=spec.get("model_id"), settings=settings)
+        job = create_job(
+            session,
+            tenant_id=tenant_id,
+            kind=spec["kind"],
+            spec=spec,
+            model_id=spec.get("model_id"),
+            settings=settings,
+        )
         return job.id
 
 
@@ -52,45 +58,62 @@ def test_onnx_model_becomes_ready(settings, make_tenant) -> None:
 
 
 def test_safetensors_state_dict_becomes_ready(settings, make_tenant) -> None:
-    model_id, outcome = validate(settings, make_tenant().id, digits_small_cnn_safetensors(),
-                                 format="safetensors", architecture={"name": "small_cnn"})
+    model_id, outcome = validate(
+        settings,
+        make_tenant().id,
+        digits_small_cnn_safetensors(),
+        format="safetensors",
+        architecture={"name": "small_cnn"},
+    )
     assert outcome == "succeeded"
     assert model_status(model_id)[0] == ModelStatus.READY
 
 
 def test_wrong_architecture_is_invalid(settings, make_tenant) -> None:
-    model_id, outcome = validate(settings, make_tenant().id, digits_small_cnn_safetensors(),
-                                 format="safetensors", architecture={"name": "mlp"})
+    model_id, outcome = validate(
+        settings,
+        make_tenant().id,
+        digits_small_cnn_safetensors(),
+        format="safetensors",
+        architecture={"name": "mlp"},
+    )
     assert outcome == "failed"
     status, error = model_status(model_id)
-    assert status == ModelStatus.INVALID and error["code"] == "state_dict_mismatch"
+    assert status == ModelStatus.INVALID
+    assert error["code"] == "state_dict_mismatch"
 
 
 def test_wrong_num_classes_is_invalid(settings, make_tenant) -> None:
     model_id, outcome = validate(settings, make_tenant().id, digits_onnx(), num_classes=7)
     status, error = model_status(model_id)
-    assert status == ModelStatus.INVALID and error["code"] == "bad_output_shape"
+    assert status == ModelStatus.INVALID
+    assert error["code"] == "bad_output_shape"
     assert "7" in error["message"]
 
 
 def test_malicious_pickle_is_refused_and_never_runs(settings, make_tenant, tmp_path) -> None:
     canary = tmp_path / "canary"
-    model_id, outcome = validate(settings, make_tenant().id, malicious_pt(canary), format="pt",
-                                 architecture={"name": "mlp"})
+    model_id, outcome = validate(
+        settings, make_tenant().id, malicious_pt(canary), format="pt", architecture={"name": "mlp"}
+    )
     assert outcome == "failed"
     status, error = model_status(model_id)
-    assert status == ModelStatus.INVALID and error["code"] == "pickle_refused", error
+    assert status == ModelStatus.INVALID
+    assert error["code"] == "pickle_refused", error
     assert not canary.exists()
 
 
 def test_torchscript_is_refused(settings, make_tenant, tmp_path) -> None:
     path = tmp_path / "scripted.pt"
     torch.jit.save(torch.jit.script(torch.nn.Linear(64, 10)), str(path))
-    model_id, _ = validate(settings, make_tenant().id, path.read_bytes(), format="pt",
-                           architecture={"name": "mlp"})
+    model_id, _ = validate(
+        settings, make_tenant().id, path.read_bytes(), format="pt", architecture={"name": "mlp"}
+    )
     status, error = model_status(model_id)
-    assert status == ModelStatus.INVALID and error["code"] == "torchscript_refused"
-    assert "state_dict" in error["message"] and "onnx" in error["message"].lower()
+    assert status == ModelStatus.INVALID
+    assert error["code"] == "torchscript_refused"
+    assert "state_dict" in error["message"]
+    assert "onnx" in error["message"].lower()
 
 
 @pytest.fixture
@@ -101,13 +124,20 @@ def ready_model(settings, make_tenant):
 
 def test_audit_result_matches_the_engine(settings, ready_model) -> None:
     tenant, model_id = ready_model
-    spec = audit_spec(model_id, limit=200, seed=3, gate={
-        "min_clean_accuracy": 0.9,
-        "min_robust_accuracy": [{"attack": "pgd", "eps": 0.1, "value": 0.99}]})
+    spec = audit_spec(
+        model_id,
+        limit=200,
+        seed=3,
+        gate={
+            "min_clean_accuracy": 0.9,
+            "min_robust_accuracy": [{"attack": "pgd", "eps": 0.1, "value": 0.99}],
+        },
+    )
     job_id = queued_job(settings, tenant.id, spec)
     assert execute_job(job_id) == "succeeded"
     job = job_row(job_id)
-    assert job.status == JobStatus.SUCCEEDED and job.attempt == 1
+    assert job.status == JobStatus.SUCCEEDED
+    assert job.attempt == 1
     assert job.progress == {"fraction": 1.0, "stage": "done", "message": "finished"}
     result = job.result
 
@@ -118,14 +148,22 @@ def test_audit_result_matches_the_engine(settings, ready_model) -> None:
     x, y = load_builtin("digits", "test")
     x, y, _ = subset(x, y, 200, 3)
     model = load_model(digits_onnx(), ModelSpec("onnx", (1, 8, 8), 10))
-    direct = evaluate(model, x, y, [
-        AttackConfig("fgsm", "linf", 0.1),
-        AttackConfig("pgd", "linf", 0.1, {"steps": 5, "step_size": 0.03}),
-    ], num_classes=10, seed=3)
+    direct = evaluate(
+        model,
+        x,
+        y,
+        [
+            AttackConfig("fgsm", "linf", 0.1),
+            AttackConfig("pgd", "linf", 0.1, {"steps": 5, "step_size": 0.03}),
+        ],
+        num_classes=10,
+        seed=3,
+    )
     assert result["num_examples"] == 200
     assert result["clean_accuracy"] == direct.clean_accuracy
     assert [a["robust_accuracy"] for a in result["attacks"]] == [
-        o.robust_accuracy for o in direct.outcomes]
+        o.robust_accuracy for o in direct.outcomes
+    ]
     gate = result["gate"]
     assert gate["passed"] is False
     assert [c["passed"] for c in gate["checks"]] == [True, False]
@@ -136,8 +174,9 @@ def test_a_job_runs_once_when_delivered_twice(settings, ready_model) -> None:
     tenant, model_id = ready_model
     job_id = queued_job(settings, tenant.id, audit_spec(model_id, limit=50))
     outcomes: list[str] = []
-    threads = [threading.Thread(target=lambda: outcomes.append(execute_job(job_id)))
-               for _ in range(2)]
+    threads = [
+        threading.Thread(target=lambda: outcomes.append(execute_job(job_id))) for _ in range(2)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -164,8 +203,9 @@ def test_a_worker_that_lost_its_lease_writes_nothing(settings, ready_model) -> N
 
 def test_cancelling_a_running_audit_stops_it(settings, ready_model) -> None:
     tenant, model_id = ready_model
-    spec = audit_spec(model_id, attacks=[{"name": "pgd", "eps": [0.05], "steps": 3000,
-                                          "early_stop": False}])
+    spec = audit_spec(
+        model_id, attacks=[{"name": "pgd", "eps": [0.05], "steps": 3000, "early_stop": False}]
+    )
     job_id = queued_job(settings, tenant.id, spec)
     outcome: list[str] = []
     thread = threading.Thread(target=lambda: outcome.append(execute_job(job_id)))
@@ -178,4 +218,5 @@ def test_cancelling_a_running_audit_stops_it(settings, ready_model) -> None:
     thread.join(timeout=60)
     assert outcome == ["cancelled"]
     job = job_row(job_id)
-    assert job.status == JobStatus.CANCELLED and job.result is None
+    assert job.status == JobStatus.CANCELLED
+    assert job.result is None

@@ -13,11 +13,24 @@ from tests.factories import audit_spec, model_row
 from worker.reconciler import reconcile_once
 
 
-def running_job(settings, tenant_id: str, spec: dict, *, attempt: int, cancel: bool = False,
-                expired: bool = True) -> str:
+def running_job(
+    settings,
+    tenant_id: str,
+    spec: dict,
+    *,
+    attempt: int,
+    cancel: bool = False,
+    expired: bool = True,
+) -> str:
     with session_scope() as session:
-        job = create_job(session, tenant_id=tenant_id, kind=spec["kind"], spec=spec,
-                         model_id=spec.get("model_id"), settings=settings)
+        job = create_job(
+            session,
+            tenant_id=tenant_id,
+            kind=spec["kind"],
+            spec=spec,
+            model_id=spec.get("model_id"),
+            settings=settings,
+        )
         job.status = JobStatus.RUNNING
         job.attempt = attempt
         job.lease_owner = "dead-worker"
@@ -36,46 +49,57 @@ def test_expired_job_is_requeued_and_resent(settings, make_tenant) -> None:
     tenant = make_tenant()
     job_id = running_job(settings, tenant.id, audit_spec(model_row(tenant.id)), attempt=1)
     counts = reconcile_once(settings)
-    assert counts["requeued"] == 1 and counts["resent"] >= 1
+    assert counts["requeued"] == 1
+    assert counts["resent"] >= 1
     row = job(job_id)
-    assert row.status == JobStatus.QUEUED and row.lease_owner is None
+    assert row.status == JobStatus.QUEUED
+    assert row.lease_owner is None
     assert row.enqueued_at is not None  # handed to the broker again
     assert "re-queued after attempt 1" in row.progress["message"]
 
 
 def test_live_lease_is_left_alone(settings, make_tenant) -> None:
     tenant = make_tenant()
-    job_id = running_job(settings, tenant.id, audit_spec(model_row(tenant.id)), attempt=1,
-                         expired=False)
+    job_id = running_job(
+        settings, tenant.id, audit_spec(model_row(tenant.id)), attempt=1, expired=False
+    )
     assert reconcile_once(settings)["requeued"] == 0
     assert job(job_id).status == JobStatus.RUNNING
 
 
 def test_job_out_of_attempts_fails(settings, make_tenant) -> None:
     tenant = make_tenant()
-    job_id = running_job(settings, tenant.id, audit_spec(model_row(tenant.id)),
-                         attempt=settings.max_attempts)
+    job_id = running_job(
+        settings, tenant.id, audit_spec(model_row(tenant.id)), attempt=settings.max_attempts
+    )
     assert reconcile_once(settings)["failed"] == 1
     row = job(job_id)
-    assert row.status == JobStatus.FAILED and row.error["code"] == "worker_lost"
+    assert row.status == JobStatus.FAILED
+    assert row.error["code"] == "worker_lost"
     assert row.finished_at is not None
 
 
 def test_failed_validation_marks_the_model_invalid(settings, make_tenant) -> None:
     tenant = make_tenant()
     model_id = model_row(tenant.id, status=ModelStatus.VALIDATING)
-    running_job(settings, tenant.id, {"kind": "validate_model", "model_id": model_id},
-                attempt=settings.max_attempts)
+    running_job(
+        settings,
+        tenant.id,
+        {"kind": "validate_model", "model_id": model_id},
+        attempt=settings.max_attempts,
+    )
     reconcile_once(settings)
     with session_scope() as session:
         row = models.get_any(session, model_id)
-        assert row.status == ModelStatus.INVALID and row.error["code"] == "worker_lost"
+        assert row.status == ModelStatus.INVALID
+        assert row.error["code"] == "worker_lost"
 
 
 def test_expired_job_with_cancel_requested_is_cancelled(settings, make_tenant) -> None:
     tenant = make_tenant()
-    job_id = running_job(settings, tenant.id, audit_spec(model_row(tenant.id)), attempt=1,
-                         cancel=True)
+    job_id = running_job(
+        settings, tenant.id, audit_spec(model_row(tenant.id)), attempt=1, cancel=True
+    )
     assert reconcile_once(settings)["cancelled"] == 1
     assert job(job_id).status == JobStatus.CANCELLED
 
@@ -86,8 +110,13 @@ def test_job_never_sent_is_resent(settings, make_tenant, monkeypatch) -> None:
     with monkeypatch.context() as patched:
         patched.setattr("service.jobs.service.send_job", lambda job_id: False)
         with session_scope() as session:
-            job_id = create_job(session, tenant_id=tenant.id, kind="audit",
-                                spec=audit_spec(model_row(tenant.id)), settings=settings).id
+            job_id = create_job(
+                session,
+                tenant_id=tenant.id,
+                kind="audit",
+                spec=audit_spec(model_row(tenant.id)),
+                settings=settings,
+            ).id
     assert job(job_id).enqueued_at is None
     assert reconcile_once(settings)["resent"] == 1
     assert job(job_id).enqueued_at is not None

@@ -29,8 +29,9 @@ def attack_configs(spec: AuditSpec) -> list[AttackConfig]:
     ]
 
 
-def audit_result(spec: AuditSpec, evaluation: EvaluationResult, *, device: str,
-                 seconds: float) -> AuditResult:
+def audit_result(
+    spec: AuditSpec, evaluation: EvaluationResult, *, device: str, seconds: float
+) -> AuditResult:
     """The result document of an audit."""
     attacks = [
         AttackResult(
@@ -59,8 +60,9 @@ def audit_result(spec: AuditSpec, evaluation: EvaluationResult, *, device: str,
         per_class_clean_accuracy=evaluation.per_class_clean_accuracy,
         attacks=attacks,
         worst_case=[
-            WorstCaseResult(norm=w.norm, eps=w.eps, attacks=w.attacks,
-                            robust_accuracy=w.robust_accuracy)
+            WorstCaseResult(
+                norm=w.norm, eps=w.eps, attacks=w.attacks, robust_accuracy=w.robust_accuracy
+            )
             for w in evaluation.worst_cases
         ],
         gate=gate_for(spec, evaluation.clean_accuracy, attacks),
@@ -91,7 +93,10 @@ class AuditRunner:
         x, y, _ = subset(x, y, spec.limit, spec.seed)
 
         evaluation = evaluate(
-            model, x, y, attack_configs(spec),
+            model,
+            x,
+            y,
+            attack_configs(spec),
             num_classes=model_row.num_classes,
             input_range=(model_row.input_range[0], model_row.input_range[1]),
             batch_size=spec.batch_size or settings.eval_batch_size,
@@ -99,8 +104,9 @@ class AuditRunner:
             seed=spec.seed,
             progress=lease.report,
         )
-        result = audit_result(spec, evaluation, device=str(device),
-                              seconds=time.perf_counter() - started)
+        result = audit_result(
+            spec, evaluation, device=str(device), seconds=time.perf_counter() - started
+        )
         return result.model_dump(mode="json")
 
     def on_success(self, session: Session, job: Job, result: dict[str, Any]) -> None:

@@ -35,8 +35,7 @@ class ValidateModelRunner:
         lease.report(0.6, "checking", "running a forward pass", force=True)
         check_model(model, model_spec(row), device=device)
         parameters = sum(p.numel() for p in model.parameters())
-        return {"model_id": row.id, "valid": True, "parameters": parameters,
-                "device": str(device)}
+        return {"model_id": row.id, "valid": True, "parameters": parameters, "device": str(device)}
 
     def on_success(self, session: Session, job: Job, result: dict[str, Any]) -> None:
         models.set_status(session, job.spec["model_id"], ModelStatus.READY, None, utcnow())
