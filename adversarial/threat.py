@@ -104,7 +104,7 @@ class L2Ball(ThreatModel):
         return x_adv.add(direction, alpha=step_size)
 
     def distance(self, x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return (x_adv - x).flatten(1).norm(dim=1)
+        return torch.linalg.vector_norm((x_adv - x).flatten(1), dim=1)
 
 
 THREAT_MODELS: dict[str, type[ThreatModel]] = {"linf": LinfBall, "l2": L2Ball}
