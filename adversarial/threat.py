@@ -104,7 +104,8 @@ class L2Ball(ThreatModel):
         return x_adv.add(direction, alpha=step_size)
 
     def distance(self, x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        return torch.linalg.vector_norm((x_adv - x).flatten(1), dim=1)
+        norms: torch.Tensor = torch.linalg.vector_norm((x_adv - x).flatten(1), dim=1)
+        return norms
 
 
 THREAT_MODELS: dict[str, type[ThreatModel]] = {"linf": LinfBall, "l2": L2Ball}
