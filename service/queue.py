@@ -26,10 +26,15 @@ def celery_config(settings: Settings) -> dict[str, Any]:
     if settings.broker_url.startswith("filesystem"):
         # The embedded broker: messages are files in one folder that API and worker share.
         folder = settings.broker_folder / "messages"
+        control = settings.broker_folder / "control"
         folder.mkdir(parents=True, exist_ok=True)
+        control.mkdir(parents=True, exist_ok=True)
         transport_options = {
             "data_folder_in": str(folder),
             "data_folder_out": str(folder),
+            # Broadcast (control) messages; by default a "control" folder in the working
+            # directory.
+            "control_folder": str(control),
             "store_processed": False,
             # The folder is polled (Redis blocks instead); the default 1 s adds half a
             # second to every job on average.
