@@ -1,0 +1,14 @@
+"""The ``gauntlet`` command: a CI client of the Gauntlet API over HTTP.
+
+It imports only the standard library and httpx, so a pipeline can run it without the
+server's dependencies (no torch, no FastAPI, no database drivers).
+"""
+
+from __future__ import annotations
+
+from importlib import metadata
+
+try:
+    __version__ = metadata.version("gauntlet")
+except metadata.PackageNotFoundError:  # run from a source folder that was never installed
+    __version__ = "0.0.0+source"

@@ -58,3 +58,17 @@ def get_principal(
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
+
+
+def get_optional_principal(
+    session: SessionDep,
+    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> Principal | None:
+    """The caller's principal, or ``None`` when the request carries no Authorization header
+    (for pages that also open with a signed link)."""
+    if authorization is None:
+        return None
+    return get_principal(session, authorization)
+
+
+OptionalPrincipalDep = Annotated[Principal | None, Depends(get_optional_principal)]

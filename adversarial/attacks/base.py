@@ -1,4 +1,4 @@
-"""The attack interface and its registry."""
+"""The attack interface, the shared targeted mode and the attack registry."""
 
 from __future__ import annotations
 
@@ -14,6 +14,14 @@ from adversarial.threat import ThreatModel
 # Called after every gradient step with the number of examples the step covered, so that
 # long attacks can report progress (and be cancelled by a callback that raises).
 StepCallback = Callable[[int], None]
+
+# A per-example objective computed from logits ``[N, K]``: one value per example, ``[N]``.
+Objective = Callable[[torch.Tensor], torch.Tensor]
+
+# ``target`` of a targeted attack: ``None`` (untargeted), ``"least_likely"`` (each example's
+# class with the lowest clean logit) or a class index shared by every example.
+Target = int | str | None
+LEAST_LIKELY = "least_likely"
 
 
 class Attack(ABC):
@@ -73,6 +81,112 @@ class Attack(ABC):
         if self.on_step is not None:
             self.on_step(x_adv.shape[0])
         return grad.detach(), logits.detach()
+
+    def objective_gradient(
+        self, x_adv: torch.Tensor, objective: Objective
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Input gradient of a per-example objective at ``x_adv``, the logits and its values.
+
+        The gradient is the one of the summed objective, so each example's gradient is its
+        own. Returns ``(grad [N, ...], logits [N, K], values [N])``, all detached.
+        """
+        x_adv = x_adv.detach().requires_grad_(True)
+        with torch.enable_grad():
+            logits = self.model(x_adv)
+            values = objective(logits)
+            (grad,) = torch.autograd.grad(values.sum(), x_adv)
+        if self.on_step is not None:
+            self.on_step(x_adv.shape[0])
+        return grad.detach(), logits.detach(), values.detach()
+
+
+def check_target(target: object) -> Target:
+    """Validate a ``target`` argument: ``None``, ``"least_likely"`` or a class index >= 0."""
+    if target is None:
+        return None
+    if target == LEAST_LIKELY:
+        return LEAST_LIKELY
+    if isinstance(target, int) and not isinstance(target, bool) and target >= 0:
+        return target
+    raise ValueError(f"target must be None, {LEAST_LIKELY!r} or a class index >= 0, got {target!r}")
+
+
+class TargetableAttack(Attack):
+    """An attack with an optional targeted mode, shared by FGSM, R+FGSM, BIM, MI-FGSM and PGD.
+
+    Untargeted (``target=None``), the attack ascends the cross-entropy of the true label and
+    succeeds when the prediction changes. Targeted, it descends the cross-entropy of a target
+    class and succeeds when the prediction equals the target: ``target="least_likely"`` picks
+    each example's class with the lowest clean logit (Kurakin et al. 2016's iterative
+    least-likely class method), an ``int`` picks that class for every example. Examples whose
+    true label is their target are returned unchanged: there is nothing to do for them.
+
+    Subclasses implement :meth:`perturb_towards`, which sees the loss labels (the true labels
+    or the targets) and uses :meth:`goal_gradient` and :meth:`reached_goal`.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        threat: ThreatModel,
+        *,
+        target: Target = None,
+        generator: torch.Generator | None = None,
+        on_step: StepCallback | None = None,
+    ) -> None:
+        super().__init__(model, threat, generator=generator, on_step=on_step)
+        self.target = check_target(target)
+
+    @property
+    def targeted(self) -> bool:
+        """Whether the attack steers examples to a target class."""
+        return self.target is not None
+
+    def target_labels(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Each example's target class ``[N]`` (the true labels ``y`` when untargeted)."""
+        if self.target is None:
+            return y
+        with torch.no_grad():
+            if self.target == LEAST_LIKELY:
+                clean_logits: torch.Tensor = self.model(x)
+                return clean_logits.argmin(dim=1)
+            # Only the number of classes is needed: one example tells it.
+            num_classes = int(self.model(x[:1]).shape[1])
+        if not isinstance(self.target, int) or self.target >= num_classes:
+            raise ValueError(
+                f"target class {self.target!r} does not exist: the model has {num_classes} classes"
+            )
+        return torch.full_like(y, self.target)
+
+    def goal_gradient(
+        self, x_adv: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Ascent direction towards the goal at ``x_adv``, and the logits there.
+
+        Untargeted: the cross-entropy gradient of ``labels`` (the true labels). Targeted: its
+        negative, so that ascending it descends the cross-entropy of the target ``labels``.
+        """
+        grad, logits = self.loss_gradient(x_adv, labels)
+        return (grad.neg() if self.targeted else grad), logits
+
+    def reached_goal(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Per-example success ``[N]``: prediction changed (untargeted) or equals the target."""
+        predicted = logits.argmax(dim=1)
+        return predicted == labels if self.targeted else predicted != labels
+
+    def perturb(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        labels = self.target_labels(x, y)
+        if not self.targeted:
+            return self.perturb_towards(x, labels)
+        result = x.clone()
+        pending = (labels != y).nonzero().squeeze(1)
+        if pending.numel():
+            result[pending] = self.perturb_towards(x[pending], labels[pending])
+        return result
+
+    @abstractmethod
+    def perturb_towards(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Adversarial inputs for ``x`` given the loss ``labels`` (true labels or targets)."""
 
 
 AttackT = TypeVar("AttackT", bound=type[Attack])

@@ -1,16 +1,16 @@
-"""Projected Gradient Descent (and, without random start, the Basic Iterative Method)."""
+"""Projected Gradient Descent, and the Basic Iterative Method (PGD without random start)."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from adversarial.attacks.base import Attack, StepCallback, register
+from adversarial.attacks.base import StepCallback, Target, TargetableAttack, register
 from adversarial.threat import ThreatModel
 
 
 @register
-class PGD(Attack):
+class PGD(TargetableAttack):
     """PGD: iterated steepest-ascent steps on the cross-entropy loss, projected to the ball.
 
     Madry et al., "Towards Deep Learning Models Resistant to Adversarial Attacks", ICLR 2018;
@@ -27,7 +27,9 @@ class PGD(Attack):
         early_stop (bool): stop spending gradients on an example as soon as an iterate
             fools the model, and keep that iterate (the per-example worst case). With
             ``False`` every example runs all steps and the final iterate counts, as in
-            torchattacks. Default: True.
+            torchattacks. Targeted, "fools" means "predicts the target". Default: True.
+        target (int | str | None): ``None`` (untargeted), ``"least_likely"`` or a class
+            index; see :class:`TargetableAttack`. Default: None.
     Shapes: ``x`` ``[N, C, H, W]`` in the input range, ``y`` ``[N]`` class indices.
 
     Example::
@@ -48,10 +50,11 @@ class PGD(Attack):
         random_start: bool = True,
         restarts: int = 1,
         early_stop: bool = True,
+        target: Target = None,
         generator: torch.Generator | None = None,
         on_step: StepCallback | None = None,
     ) -> None:
-        super().__init__(model, threat, generator=generator, on_step=on_step)
+        super().__init__(model, threat, target=target, generator=generator, on_step=on_step)
         if steps < 1:
             raise ValueError(f"steps must be >= 1, got {steps}")
         if restarts < 1:
@@ -67,20 +70,23 @@ class PGD(Attack):
     def planned_steps(self) -> int:
         return self.steps * self.restarts
 
-    def perturb(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def perturb_towards(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         best = x.clone()
         fooled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         for _ in range(self.restarts):
             remaining = (~fooled).nonzero().squeeze(1)
             if remaining.numel() == 0:
                 break
-            x_adv, fooled_here = self._run(x[remaining], y[remaining])
+            x_adv, fooled_here = self._run(x[remaining], labels[remaining])
             best[remaining] = x_adv
             fooled[remaining] = fooled_here
         return best
 
     def _run(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One restart: returns the adversarial inputs and which of them fool the model."""
+        """One restart: the adversarial inputs and which of them reach the goal.
+
+        ``y`` holds the loss labels: the true labels, or the targets of a targeted attack.
+        """
         threat = self.threat
         x_adv = threat.random_init(x, self.generator) if self.random_start else x.clone()
         result = x_adv.clone()
@@ -88,9 +94,9 @@ class PGD(Attack):
         # Positions (into x) of the examples still being attacked.
         active = torch.arange(x.shape[0], device=x.device)
         for _ in range(self.steps):
-            grad, logits = self.loss_gradient(x_adv, y[active])
+            grad, logits = self.goal_gradient(x_adv, y[active])
             if self.early_stop:
-                fooled_now = logits.argmax(dim=1) != y[active]
+                fooled_now = self.reached_goal(logits, y[active])
                 if fooled_now.any():
                     result[active[fooled_now]] = x_adv[fooled_now]
                     fooled[active[fooled_now]] = True
@@ -101,5 +107,63 @@ class PGD(Attack):
             x_adv = threat.project(threat.step(x_adv, grad, self.step_size), x[active])
         result[active] = x_adv
         with torch.no_grad():
-            fooled[active] = self.model(x_adv).argmax(dim=1) != y[active]
+            fooled[active] = self.reached_goal(self.model(x_adv), y[active])
         return result, fooled
+
+
+@register
+class BIM(PGD):
+    """BIM (iterative FGSM): PGD from the clean input, without random start or restarts.
+
+    Kurakin, Goodfellow, Bengio, "Adversarial Examples in the Physical World", ICLR 2017
+    workshop (arXiv 2016). ``x_{t+1} = project(x_t + step_size * sign(grad_x J(x_t, y)))``
+    from ``x_0 = x``; deterministic, hence no restarts. The paper takes steps of one pixel
+    level (1/255) for ``min(eps + 4, 1.25 * eps)`` iterations (``eps`` in pixel levels), so
+    the steps add up to ``1.25 * eps`` for the usual ``eps <= 16``; the default step size
+    keeps that total, ``1.25 * eps / steps``, without assuming 255 levels or an input range.
+    With ``early_stop=False`` it equals torchattacks' ``BIM(eps, alpha=step_size, steps)``.
+
+    Distance: the threat model's norm (``linf`` or ``l2``; L2 steps follow the normalized
+    gradient).
+    Arguments:
+        steps (int): gradient steps. Default: 10.
+        step_size (float | None): step length; ``None`` means ``1.25 * eps / steps``.
+            Default: None.
+        early_stop (bool): stop spending gradients on an example once an iterate fools the
+            model (predicts the target, when targeted) and keep that iterate. Default: True.
+        target (int | str | None): ``None`` (untargeted), ``"least_likely"`` (Kurakin et
+            al.'s iterative least-likely class method) or a class index. Default: None.
+    Shapes: ``x`` ``[N, C, H, W]`` in the input range, ``y`` ``[N]`` class indices.
+
+    Example::
+
+        attack = BIM(model, LinfBall(eps=8 / 255), steps=10)
+        x_adv = attack(x, y)
+    """
+
+    name = "bim"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        threat: ThreatModel,
+        *,
+        steps: int = 10,
+        step_size: float | None = None,
+        early_stop: bool = True,
+        target: Target = None,
+        generator: torch.Generator | None = None,
+        on_step: StepCallback | None = None,
+    ) -> None:
+        super().__init__(
+            model,
+            threat,
+            steps=steps,
+            step_size=1.25 * threat.eps / max(steps, 1) if step_size is None else step_size,
+            random_start=False,
+            restarts=1,
+            early_stop=early_stop,
+            target=target,
+            generator=generator,
+            on_step=on_step,
+        )

@@ -1,18 +1,31 @@
-"""The HTML report of a job: one self-contained page (no external requests)."""
+"""The HTML report of a job: one self-contained page (inline SVG and PNG, no requests)."""
 
 from __future__ import annotations
 
+import base64
+from collections.abc import Mapping
 from html import escape
 from typing import Any
 
+import numpy as np
+
+from service.jobs.charts import Series, bar_chart, line_chart
+from service.jobs.images import perturbation_pixels, png_bytes, to_pixels
 from service.jobs.schemas import JobRead
 
+GALLERY_SIZE = 8
+
 _STYLE = """
-body{font-family:system-ui,sans-serif;max-width:960px;margin:2em auto;color:#222}
+body{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;color:#222;padding:0 1em}
 table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 10px;
 text-align:right}th{background:#f4f4f4}td:first-child,th:first-child{text-align:left}
 .pass{color:#116611;font-weight:bold}.fail{color:#aa1111;font-weight:bold}
-.warn{background:#fff6dd;border-left:4px solid #e0a800;padding:6px 10px;margin:4px 0}
+.verdict{font-size:1.6em;padding:.4em .8em;border-radius:6px;display:inline-block}
+.verdict.pass{background:#e3f5e3}.verdict.fail{background:#fbe3e3}
+.warn{background:#fff6dd;border-left:4px solid #e0a800;padding:6px 10px;margin:6px 0}
+.gallery{display:flex;flex-wrap:wrap;gap:18px}.sample{text-align:center;font-size:12px}
+.sample img{width:84px;height:84px;image-rendering:pixelated;border:1px solid #999;margin:2px}
+.confusion td{min-width:2.2em;text-align:center}
 """
 
 
@@ -24,103 +37,187 @@ def _num(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4g}"
 
 
-def _table(headers: list[str], rows: list[list[str]]) -> str:
+def _table(headers: list[str], rows: list[list[str]], css_class: str = "") -> str:
     head = "".join(f"<th>{escape(h)}</th>" for h in headers)
     body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
+    return f"<table class='{css_class}'><tr>{head}</tr>{body}</table>"
 
 
-def _audit_sections(result: dict[str, Any]) -> str:
-    parts = [
-        f"<p>Model <code>{escape(result['model_id'])}</code> on "
-        f"<code>{escape(result['dataset_id'])}</code> ({escape(result['split'])}, "
-        f"{result['num_examples']} examples, device {escape(result['device'])}).</p>",
-        f"<h2>Clean accuracy: {_pct(result['clean_accuracy'])}</h2>",
-    ]
-    gate = result.get("gate")
-    if gate:
-        verdict = "PASSED" if gate["passed"] else "FAILED"
-        parts.append(
-            f"<h2>Gate: <span class='{'pass' if gate['passed'] else 'fail'}'>{verdict}</span></h2>"
-        )
-        parts.append(
-            _table(
-                ["check", "threshold", "value", "result"],
-                [
-                    [
-                        escape(c["name"]),
-                        _pct(c["threshold"]),
-                        _pct(c["value"]),
-                        "<span class='pass'>pass</span>"
-                        if c["passed"]
-                        else "<span class='fail'>fail</span>",
-                    ]
-                    for c in gate["checks"]
-                ],
-            )
-        )
-    for warning in result.get("warnings", []):
-        parts.append(
-            f"<div class='warn'><b>{escape(warning['code'])}</b>: "
-            f"{escape(warning['message'])}</div>"
-        )
-    parts.append("<h2>Attacks</h2>")
-    parts.append(
-        _table(
-            [
-                "attack",
-                "norm",
-                "eps",
-                "robust accuracy",
-                "success rate",
-                "wrong confidence",
-                "mean ||delta||",
-                "seconds",
-            ],
-            [
-                [
-                    escape(a["name"]),
-                    escape(a["norm"]),
-                    _num(a["eps"]),
-                    _pct(a["robust_accuracy"]),
-                    _pct(a["success_rate"]),
-                    _pct(a["mean_wrong_confidence"]),
-                    _num(a["mean_perturbation_norm"]),
-                    f"{a['seconds']:.2f}",
-                ]
-                for a in result["attacks"]
-            ],
-        )
-    )
-    parts.append("<h2>Worst case per eps</h2>")
-    parts.append(
-        _table(
-            ["norm", "eps", "attacks", "robust accuracy"],
-            [
-                [
-                    escape(w["norm"]),
-                    _num(w["eps"]),
-                    escape(", ".join(w["attacks"])),
-                    _pct(w["robust_accuracy"]),
-                ]
-                for w in result["worst_case"]
-            ],
-        )
-    )
+def _png_tag(pixels: np.ndarray, alt: str) -> str:
+    data = base64.b64encode(png_bytes(pixels)).decode()
+    return f"<img alt='{escape(alt)}' src='data:image/png;base64,{data}'>"
+
+
+def _gate(gate: Mapping[str, Any]) -> str:
+    passed = gate["passed"]
+    rows = [[escape(c["name"]), _pct(c["threshold"]), _pct(c["value"]),
+             "<span class='pass'>pass</span>" if c["passed"] else "<span class='fail'>fail</span>"]
+            for c in gate["checks"]]
+    return (f"<h2>Gate: <span class='verdict {'pass' if passed else 'fail'}'>"
+            f"{'PASSED' if passed else 'FAILED'}</span></h2>"
+            + _table(["check", "threshold", "value", "result"], rows))
+
+
+def _curves(result: Mapping[str, Any]) -> str:
+    parts = []
+    for norm in sorted({c["norm"] for c in result.get("curves", [])}):
+        series = [Series(f"{c['attack']}", c["eps"], c["robust_accuracy"])
+                  for c in result["curves"] if c["norm"] == norm]
+        worst = [w for w in result["worst_case"] if w["norm"] == norm]
+        if len(series) > 1:
+            series.append(Series("worst case", [w["eps"] for w in worst],
+                                 [w["robust_accuracy"] for w in worst]))
+        noise = [n for n in result.get("noise_baseline", []) if n["norm"] == norm]
+        if noise:
+            series.append(Series("random noise", [n["eps"] for n in noise],
+                                 [n["accuracy"] for n in noise], dashed=True))
+        parts.append(f"<h3>{escape(norm)}</h3>")
+        parts.append(line_chart(f"robust accuracy against {norm} eps", series,
+                                f"eps ({norm})", "robust accuracy"))
+    return "<h2>Robustness curves</h2>" + "".join(parts) if parts else ""
+
+
+def _per_class(result: Mapping[str, Any]) -> str:
+    clean = result["per_class_clean_accuracy"]
+    # The most telling attack for per-class bars: robust accuracy nearest half the clean one
+    # (at 0% or at the clean accuracy every class looks the same).
+    strongest = min(result["attacks"],
+                    key=lambda a: (abs(a["robust_accuracy"] - result["clean_accuracy"] / 2),
+                                   a["robust_accuracy"]),
+                    default=None)
+    if strongest is None:
+        return ""
+    categories = [str(i) for i in range(len(clean))]
+    chart = bar_chart("per-class accuracy", categories, [
+        Series("clean", list(range(len(clean))), clean),
+        Series(f"{strongest['name']} {strongest['norm']} {strongest['eps']:.3g}",
+               list(range(len(clean))), strongest["per_class_accuracy"]),
+    ])
+    parts = ["<h2>Per-class accuracy</h2>", chart]
+    confusion = strongest.get("confusion")
+    if confusion and len(confusion) <= 20:
+        largest = max(max(row) for row in confusion) or 1
+        rows = []
+        for true_class, row in enumerate(confusion):
+            cells = [str(true_class)]
+            for count in row:
+                shade = int(255 - 180 * count / largest)
+                cells.append(f"<span style='display:block;background:rgb({shade},{shade},255)'>"
+                             f"{count}</span>")
+            rows.append(cells)
+        parts.append(f"<h3>Adversarial predictions ({escape(strongest['name'])}, eps "
+                     f"{strongest['eps']:.3g}): true class (rows) against predicted</h3>")
+        parts.append(_table(["true \\ predicted", *map(str, range(len(confusion)))], rows,
+                            "confusion"))
     return "".join(parts)
 
 
-def render_report(job: JobRead) -> str:
-    """The report page of ``job`` (an audit's numbers; status and error for other jobs)."""
+def _gallery(per_sample: Mapping[str, np.ndarray], input_range: tuple[float, float]) -> str:
+    norms = [key.removeprefix("fell_at_") for key in per_sample if key.startswith("fell_at_")]
+    if not norms:
+        return ""
+    norm = "linf" if "linf" in norms else norms[0]
+    fell_at = per_sample[f"fell_at_{norm}"]
+    labels = per_sample["labels"]
+    candidates = [i for i in np.argsort(fell_at, kind="stable")
+                  if 0 < fell_at[i] < np.inf]
+    chosen: list[int] = []
+    for index in candidates:  # one per class first, then the rest
+        if labels[index] not in {labels[c] for c in chosen}:
+            chosen.append(int(index))
+        if len(chosen) == GALLERY_SIZE:
+            break
+    for index in candidates:
+        if len(chosen) >= GALLERY_SIZE:
+            break
+        if int(index) not in chosen:
+            chosen.append(int(index))
+    if not chosen:
+        return ""
+    lower, upper = input_range
+    clean_inputs = per_sample.get("clean_inputs")
+    adversarial = per_sample[f"adversarial_{norm}"]
+    items = []
+    for index in chosen:
+        adv = adversarial[index]
+        clean = clean_inputs[index] if clean_inputs is not None else None
+        delta_tag = ""
+        clean_tag = ""
+        if clean is not None:
+            clean_tag = _png_tag(to_pixels(clean, lower, upper), "clean")
+            delta_tag = _png_tag(perturbation_pixels(adv - clean), "perturbation")
+        items.append(
+            "<div class='sample'>"
+            f"{clean_tag}{delta_tag}{_png_tag(to_pixels(adv, lower, upper), 'adversarial')}"
+            f"<br>#{int(per_sample['indices'][index])}: label {int(labels[index])}, "
+            f"clean {int(per_sample['clean_predictions'][index])} "
+            f"({_pct(float(per_sample['clean_confidences'][index]))})<br>"
+            f"eps {float(fell_at[index]):.3g}: predicted "
+            f"{int(per_sample[f'predictions_{norm}'][index])} "
+            f"({_pct(float(per_sample[f'confidences_{norm}'][index]))})</div>")
+    return ("<h2>Adversarial examples</h2><p>clean | perturbation (amplified) | adversarial, "
+            f"at the smallest {escape(norm)} eps that fooled the model</p>"
+            f"<div class='gallery'>{''.join(items)}</div>")
+
+
+def _audit_sections(result: Mapping[str, Any], per_sample: Mapping[str, np.ndarray] | None,
+                    input_range: tuple[float, float]) -> str:
+    parts = [
+        f"<p>Model <code>{escape(result['model_id'])}</code> on "
+        f"<code>{escape(result['dataset_id'])}</code> ({escape(result['split'])}, "
+        f"{result['num_examples']} examples, seed {result['seed']}, device "
+        f"{escape(result['device'])}, {result['seconds']:.1f} s).</p>",
+    ]
+    if result.get("gate"):
+        parts.append(_gate(result["gate"]))
+    parts.append(f"<h2>Clean accuracy: {_pct(result['clean_accuracy'])}</h2>")
+    warnings = result.get("warnings", [])
+    parts.append(f"<h2>Validity checks: {len(warnings)} warning(s)</h2>")
+    for warning in warnings:
+        parts.append(f"<div class='warn'><b>{escape(warning['code'])}</b>: "
+                     f"{escape(warning['message'])}</div>")
+    if not warnings:
+        parts.append("<p>No sign of gradient masking or a failing attack.</p>")
+    parts.append(_curves(result))
+    parts.append("<h2>Attacks</h2>")
+    rows = []
+    for a in result["attacks"]:
+        name = escape(a["name"])
+        if a.get("components"):
+            name += "<br><small>" + " &rarr; ".join(
+                f"{escape(c['name'])} {_pct(c['robust_accuracy'])}" for c in a["components"]
+            ) + "</small>"
+        rows.append([name, escape(a["norm"]), _num(a["eps"]), _pct(a["robust_accuracy"]),
+                     _pct(a["success_rate"]), _pct(a["mean_wrong_confidence"]),
+                     _num(a["mean_perturbation_norm"]), _num(a["max_perturbation_norm"]),
+                     f"{a['seconds']:.2f}"])
+    parts.append(_table(["attack", "norm", "eps", "robust accuracy", "success rate",
+                         "wrong confidence", "mean ||delta||", "max ||delta||", "seconds"], rows))
+    parts.append("<h2>Worst case per eps</h2>")
+    parts.append(_table(
+        ["norm", "eps", "robust accuracy", "random noise"],
+        [[escape(w["norm"]), _num(w["eps"]), _pct(w["robust_accuracy"]),
+          _pct(next((n["accuracy"] for n in result.get("noise_baseline", [])
+                     if n["norm"] == w["norm"] and n["eps"] == w["eps"]), None))]
+         for w in result["worst_case"]],
+    ))
+    parts.append(_per_class(result))
+    if per_sample is not None:
+        parts.append(_gallery(per_sample, input_range))
+    return "".join(parts)
+
+
+def render_report(job: JobRead, *, per_sample: Mapping[str, np.ndarray] | None = None,
+                  input_range: tuple[float, float] = (0.0, 1.0)) -> str:
+    """The report page of ``job``: an audit's verdict, checks, curves, classes and gallery;
+    status and error for other jobs."""
     title = f"Gauntlet {escape(job.kind)} {escape(job.id)}"
     parts = [f"<h1>{title}</h1>", f"<p>Status: <b>{escape(job.status)}</b></p>"]
     if job.error:
         parts.append(f"<p class='fail'>{escape(job.error.code)}: {escape(job.error.message)}</p>")
     if job.kind == "audit" and job.result:
-        parts.append(_audit_sections(job.result))
+        parts.append(_audit_sections(job.result, per_sample, input_range))
     elif job.status in ("queued", "running"):
         parts.append(f"<p>{_pct(job.progress.fraction)} done: {escape(job.progress.message)}</p>")
-    return (
-        f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title>"
-        f"<style>{_STYLE}</style></head><body>{''.join(parts)}</body></html>"
-    )
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title>"
+            f"<style>{_STYLE}</style></head><body>{''.join(parts)}</body></html>")

@@ -12,6 +12,14 @@ from pydantic import BaseModel, Field
 from service.jobs.specs import AuditSpec, Gate, same_eps
 
 
+class ComponentResult(BaseModel):
+    """One component of an ensemble attack."""
+
+    name: str
+    robust_accuracy: float
+    seconds: float
+
+
 class AttackResult(BaseModel):
     """One attack at one eps."""
 
@@ -31,7 +39,31 @@ class AttackResult(BaseModel):
     )
     max_perturbation_norm: float | None
     per_class_accuracy: list[float | None]
+    confusion: list[list[int]] | None = Field(
+        None, description="Counts [true class][adversarial prediction] (up to 100 classes)."
+    )
+    components: list[ComponentResult] = Field(
+        default_factory=list,
+        description="Ensembles: robust accuracy after each component, cumulative.",
+    )
     seconds: float
+
+
+class Curve(BaseModel):
+    """Robust accuracy against eps for one attack (one entry of the spec)."""
+
+    attack: str
+    norm: str
+    eps: list[float]
+    robust_accuracy: list[float]
+
+
+class NoiseResult(BaseModel):
+    """Accuracy under random noise of the same size (sign noise for L-inf)."""
+
+    norm: str
+    eps: float
+    accuracy: float
 
 
 class WorstCaseResult(BaseModel):
@@ -67,6 +99,15 @@ class GateResult(BaseModel):
     checks: list[GateCheck]
 
 
+class ArtifactRef(BaseModel):
+    """A file the job stored (GET /v1/jobs/{id}/artifacts/{name})."""
+
+    name: str
+    sha256: str
+    size: int
+    content_type: str
+
+
 class AuditResult(BaseModel):
     """What an audit measured."""
 
@@ -79,9 +120,15 @@ class AuditResult(BaseModel):
     clean_accuracy: float
     per_class_clean_accuracy: list[float | None]
     attacks: list[AttackResult]
+    curves: list[Curve] = Field(default_factory=list)
     worst_case: list[WorstCaseResult]
+    noise_baseline: list[NoiseResult] = Field(default_factory=list)
+    large_eps_accuracy: float | None = Field(
+        None, description="Accuracy under PGD-20 at L-inf eps = half the input range."
+    )
     warnings: list[Warning_] = Field(default_factory=list)
     gate: GateResult | None = None
+    artifacts: list[ArtifactRef] = Field(default_factory=list)
     seconds: float
 
 

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Header, Query, Response
+from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import HTMLResponse
 
-from service.deps import PrincipalDep, SessionDep, SettingsDep
+from service.deps import OptionalPrincipalDep, PrincipalDep, SessionDep, SettingsDep
 from service.jobs import repository, service
 from service.jobs.report import render_report
-from service.jobs.schemas import ArtifactRead, JobList, JobRead
+from service.jobs.schemas import ArtifactRead, JobList, JobRead, ReportLink
 from service.jobs.specs import JobSpec
 from service.pagination import Cursor, Limit, next_cursor
-from service.problems import not_found
+from service.problems import ProblemError, not_found
 from service.storage import get_store
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -89,11 +89,34 @@ def cancel_job(principal: PrincipalDep, session: SessionDep, job_id: str) -> Job
     return JobRead.from_row(service.cancel(session, principal, job_id))
 
 
-@router.get("/{job_id}/report", response_class=HTMLResponse)
-def job_report(principal: PrincipalDep, session: SessionDep, job_id: str) -> HTMLResponse:
-    """A self-contained HTML report of a job."""
+@router.get("/{job_id}/report", response_class=HTMLResponse, name="job_report")
+def job_report(
+    principal: OptionalPrincipalDep,
+    session: SessionDep,
+    job_id: str,
+    token: Annotated[str | None, Query(max_length=200, description="From report-link.")] = None,
+) -> HTMLResponse:
+    """A self-contained HTML report of a job (the API key, or a signed link's token)."""
+    if principal is not None:
+        job = service.get_job(session, principal, job_id)
+    elif token is not None:
+        job = service.get_job_by_report_token(session, job_id, token)
+    else:
+        raise ProblemError(401, "unauthenticated", "send the API key or use a report link",
+                           headers={"WWW-Authenticate": "Bearer"})
+    per_sample, input_range = service.report_inputs(session, job, get_store())
+    return HTMLResponse(render_report(JobRead.from_row(job), per_sample=per_sample,
+                                      input_range=input_range))
+
+
+@router.post("/{job_id}/report-link")
+def report_link(principal: PrincipalDep, session: SessionDep, job_id: str,
+                request: Request) -> ReportLink:
+    """A link that opens the job's report in a browser without the API key, for an hour."""
     job = service.get_job(session, principal, job_id)
-    return HTMLResponse(render_report(JobRead.from_row(job)))
+    token, expires_at = service.report_link(principal, job)
+    url = request.url_for("job_report", job_id=job.id).include_query_params(token=token)
+    return ReportLink(url=str(url), expires_at=expires_at)
 
 
 @router.get("/{job_id}/artifacts")

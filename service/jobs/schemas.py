@@ -96,3 +96,10 @@ class ArtifactRead(BaseModel):
             content_type=row.content_type,
             created_at=row.created_at,
         )
+
+
+class ReportLink(BaseModel):
+    """A URL that opens a job's report without the API key, until it expires."""
+
+    url: str
+    expires_at: dt.datetime

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import io
 import math
+import time
 from typing import Any
+
+import numpy as np
 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -16,9 +21,15 @@ from service.jobs.specs import AuditSpec, request_hash
 from service.models import repository as models
 from service.problems import FieldError, ProblemError, invalid, not_found
 from service.queue import send_job
+from service.security import report_token, report_token_valid
 from service.settings import Settings
+from service.storage import ArtifactStore
 from service.tables import Job, JobStatus, Model, ModelStatus, new_id
 from service.tenants.service import Principal
+
+# The per-example export an audit stores (the report's gallery reads it).
+PER_SAMPLE_ARTIFACT = "per_sample.npz"
+REPORT_LINK_SECONDS = 3600
 
 QUEUED_PROGRESS = {"fraction": 0.0, "stage": "queued", "message": "waiting for a worker"}
 
@@ -169,16 +180,49 @@ def check_audit_fits(
         raise invalid("limit", f"at most {settings.max_examples_per_job} examples per job")
     span = upper - lower
     dims = math.prod(model.input_shape)
-    for index, attack in enumerate(spec.attacks):
+    for index, attack in enumerate(spec.resolved_attacks()):
+        where = f"attacks[{index}]" if spec.attacks else "preset"
+        target = getattr(attack, "target", None)
+        if isinstance(target, int) and target >= model.num_classes:
+            raise invalid(f"{where}.target",
+                          f"class {target} does not exist ({model.num_classes} classes)")
         # Beyond these radii the ball contains the whole input range: eps is surely a mistake.
         largest = span if attack.norm == "linf" else span * math.sqrt(dims)
         for eps in attack.eps:
             if eps > largest:
                 raise invalid(
-                    f"attacks[{index}].eps",
+                    f"{where}.eps" if spec.attacks else "eps",
                     f"eps {eps:g} is beyond the input range [{lower}, {upper}] "
                     f"({attack.norm} eps can be at most {largest:g})",
                 )
+
+
+def get_job_by_report_token(session: Session, job_id: str, token: str) -> Job:
+    """The job a signed report link opens; the same 404 as a missing job otherwise."""
+    job = repository.get_any(session, job_id)
+    if job is None or not report_token_valid(token, job.tenant_id, job.id, time.time()):
+        raise not_found("job", job_id)
+    return job
+
+
+def report_link(principal: Principal, job: Job, *, seconds: int = REPORT_LINK_SECONDS
+                ) -> tuple[str, dt.datetime]:
+    """A token for a link that opens ``job``'s report without the API key, and its expiry."""
+    expires = int(time.time()) + seconds
+    return (report_token(principal.tenant_id, job.id, expires),
+            dt.datetime.fromtimestamp(expires, dt.UTC))
+
+
+def report_inputs(session: Session, job: Job, store: ArtifactStore
+                  ) -> tuple[dict[str, np.ndarray] | None, tuple[float, float]]:
+    """What a report draws besides the result: the per-sample arrays and the input range."""
+    model = models.get_any(session, job.model_id) if job.model_id else None
+    input_range = (model.input_range[0], model.input_range[1]) if model else (0.0, 1.0)
+    artifact = repository.get_artifact(session, job.id, PER_SAMPLE_ARTIFACT)
+    if artifact is None:
+        return None, input_range
+    with np.load(io.BytesIO(store.read_bytes(artifact.sha256)), allow_pickle=False) as arrays:
+        return {name: arrays[name] for name in arrays.files}, input_range
 
 
 def get_job(session: Session, principal: Principal, job_id: str) -> Job:
