@@ -45,7 +45,11 @@ def _pct(value: float) -> str:
 
 @torch.no_grad()
 def model_checks(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, device: torch.device | str = "cpu",
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    device: torch.device | str = "cpu",
     max_examples: int = 256,
 ) -> list[Finding]:
     """Checks of the model itself on (a prefix of) the evaluation data."""
@@ -59,23 +63,30 @@ def model_checks(
         first = model(x).float()
         second = model(x).float()
         if not torch.allclose(first, second, rtol=1e-4, atol=1e-5):
-            findings.append(Finding(
-                "randomized_model",
-                "Two identical forward passes in eval mode gave different outputs (for example "
-                "dropout left on, or random input transformations). Gradients of a random "
-                "model mislead attacks, so robust accuracy can be overstated; an "
-                "expectation-over-transformation attack is needed for a trustworthy number.",
-            ))
+            findings.append(
+                Finding(
+                    "randomized_model",
+                    "Two identical forward passes in eval mode gave different outputs (for example "
+                    "dropout left on, or random input transformations). Gradients of a random "
+                    "model mislead attacks, so robust accuracy can be overstated; an "
+                    "expectation-over-transformation attack is needed for a trustworthy number.",
+                )
+            )
         sums = first.sum(dim=1)
-        if (first.min() >= 0 and first.max() <= 1
-                and torch.allclose(sums, torch.ones_like(sums), atol=1e-3)):
-            findings.append(Finding(
-                "probability_outputs",
-                "The model's outputs are non-negative and sum to 1: it seems to end in a "
-                "softmax. Attacks expect logits; cross-entropy on probabilities saturates and "
-                "its gradients vanish, which makes attacks weak. Export the model without "
-                "its final softmax.",
-            ))
+        if (
+            first.min() >= 0
+            and first.max() <= 1
+            and torch.allclose(sums, torch.ones_like(sums), atol=1e-3)
+        ):
+            findings.append(
+                Finding(
+                    "probability_outputs",
+                    "The model's outputs are non-negative and sum to 1: it seems to end in a "
+                    "softmax. Attacks expect logits; cross-entropy on probabilities saturates and "
+                    "its gradients vanish, which makes attacks weak. Export the model without "
+                    "its final softmax.",
+                )
+            )
         findings += _gradient_findings(model, x, y)
         return findings
     finally:
@@ -88,30 +99,36 @@ def _gradient_findings(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> li
         loss = nn.functional.cross_entropy(model(x), y, reduction="sum")
         (grad,) = torch.autograd.grad(loss, x)
     if not torch.isfinite(grad).all():
-        return [Finding(
-            "nan_gradients",
-            "Input gradients contain NaN or infinite values: gradient-based attacks cannot "
-            "work, so their robust accuracy is meaningless for this model.",
-        )]
+        return [
+            Finding(
+                "nan_gradients",
+                "Input gradients contain NaN or infinite values: gradient-based attacks cannot "
+                "work, so their robust accuracy is meaningless for this model.",
+            )
+        ]
     per_example = grad.flatten(1).abs().amax(dim=1)
     zero = float((per_example == 0).float().mean())
     if zero > 0.1:
-        return [Finding(
-            "zero_gradients",
-            f"Input gradients are exactly zero for {_pct(zero)} of the examples (for example "
-            "a rounding or quantizing input layer). Gradient-based attacks see nothing there; "
-            "their robust accuracy is an upper bound at best. Trust the black-box (Square) "
-            "and ensemble numbers instead.",
-        )]
+        return [
+            Finding(
+                "zero_gradients",
+                f"Input gradients are exactly zero for {_pct(zero)} of the examples (for example "
+                "a rounding or quantizing input layer). Gradient-based attacks see nothing there; "
+                "their robust accuracy is an upper bound at best. Trust the black-box (Square) "
+                "and ensemble numbers instead.",
+            )
+        ]
     tiny = float((per_example < 1e-8).float().mean())
     if tiny > 0.5:
-        return [Finding(
-            "tiny_gradients",
-            f"Input gradients are below 1e-8 for {_pct(tiny)} of the examples: the loss is "
-            "saturated (very confident outputs, or probabilities instead of logits). "
-            "Cross-entropy attacks may stall; margin-based losses (APGD-T with DLR, the "
-            "autoattack preset) do not.",
-        )]
+        return [
+            Finding(
+                "tiny_gradients",
+                f"Input gradients are below 1e-8 for {_pct(tiny)} of the examples: the loss is "
+                "saturated (very confident outputs, or probabilities instead of logits). "
+                "Cross-entropy attacks may stall; margin-based losses (APGD-T with DLR, the "
+                "autoattack preset) do not.",
+            )
+        ]
     return []
 
 
@@ -135,14 +152,16 @@ def _rising_with_eps(outcomes: Sequence[AttackOutcome]) -> list[Finding]:
         members = sorted(members, key=lambda o: o.config.eps)
         for smaller, larger in zip(members, members[1:], strict=False):
             if larger.robust_accuracy > smaller.robust_accuracy + TOLERANCE:
-                findings.append(Finding(
-                    "accuracy_rises_with_eps",
-                    f"{larger.config.name} ({larger.config.norm}): robust accuracy rises from "
-                    f"{_pct(smaller.robust_accuracy)} at eps {smaller.config.eps:g} to "
-                    f"{_pct(larger.robust_accuracy)} at eps {larger.config.eps:g}. A larger "
-                    "ball contains the smaller one, so a working attack can only do better: "
-                    "the attack is failing (gradient masking or a too-small step size).",
-                ))
+                findings.append(
+                    Finding(
+                        "accuracy_rises_with_eps",
+                        f"{larger.config.name} ({larger.config.norm}): robust accuracy rises from "
+                        f"{_pct(smaller.robust_accuracy)} at eps {smaller.config.eps:g} to "
+                        f"{_pct(larger.robust_accuracy)} at eps {larger.config.eps:g}. A larger "
+                        "ball contains the smaller one, so a working attack can only do better: "
+                        "the attack is failing (gradient masking or a too-small step size).",
+                    )
+                )
                 break
     return findings
 
@@ -162,15 +181,16 @@ def _iterative_weaker_than_fgsm(outcomes: Sequence[AttackOutcome]) -> list[Findi
             continue
         best_fgsm = min(o.robust_accuracy for o in fgsm)
         for outcome in members:
-            if (outcome.config.name in ITERATIVE
-                    and outcome.robust_accuracy > best_fgsm + TOLERANCE):
-                findings.append(Finding(
-                    "iterative_weaker_than_fgsm",
-                    f"{outcome.config.name} leaves {_pct(outcome.robust_accuracy)} robust at "
-                    f"{norm} eps {eps:g}, more than FGSM's {_pct(best_fgsm)}. An iterative "
-                    "attack includes FGSM's step; being weaker points to a bad step size, too "
-                    "few steps, or gradient masking.",
-                ))
+            if outcome.config.name in ITERATIVE and outcome.robust_accuracy > best_fgsm + TOLERANCE:
+                findings.append(
+                    Finding(
+                        "iterative_weaker_than_fgsm",
+                        f"{outcome.config.name} leaves {_pct(outcome.robust_accuracy)} robust at "
+                        f"{norm} eps {eps:g}, more than FGSM's {_pct(best_fgsm)}. An iterative "
+                        "attack includes FGSM's step; being weaker points to a bad step size, too "
+                        "few steps, or gradient masking.",
+                    )
+                )
     return findings
 
 
@@ -185,22 +205,35 @@ def _black_box_beats_white_box(outcomes: Sequence[AttackOutcome]) -> list[Findin
             if before_black and any(c.name in BLACK_BOX for c in ensemble.components):
                 white_only = before_black[-1].robust_accuracy
                 if ensemble.robust_accuracy < white_only - TOLERANCE:
-                    findings.append(_black_box_finding(
-                        f"{ensemble.config.name} ({norm}, eps {eps:g})", "Square",
-                        ensemble.robust_accuracy, "its gradient attacks", white_only))
+                    findings.append(
+                        _black_box_finding(
+                            f"{ensemble.config.name} ({norm}, eps {eps:g})",
+                            "Square",
+                            ensemble.robust_accuracy,
+                            "its gradient attacks",
+                            white_only,
+                        )
+                    )
         if not black or not white:
             continue
         best_black = min(black, key=lambda o: o.robust_accuracy)
         best_white = min(o.robust_accuracy for o in white)
         if best_black.robust_accuracy < best_white - TOLERANCE:
-            findings.append(_black_box_finding(f"{norm} eps {eps:g}", best_black.config.name,
-                                               best_black.robust_accuracy,
-                                               "every white-box attack", best_white))
+            findings.append(
+                _black_box_finding(
+                    f"{norm} eps {eps:g}",
+                    best_black.config.name,
+                    best_black.robust_accuracy,
+                    "every white-box attack",
+                    best_white,
+                )
+            )
     return findings
 
 
-def _black_box_finding(where: str, black: str, black_accuracy: float, white: str,
-                       white_accuracy: float) -> Finding:
+def _black_box_finding(
+    where: str, black: str, black_accuracy: float, white: str, white_accuracy: float
+) -> Finding:
     return Finding(
         "black_box_beats_white_box",
         f"At {where}, the score-based {black} attack leaves {_pct(black_accuracy)} robust, "
@@ -220,20 +253,24 @@ def _no_better_than_noise(result: EvaluationResult) -> list[Finding]:
         strongest = min(o.robust_accuracy for o in members)
         # Only where eps is large enough for something to work: some attack there lowered
         # accuracy clearly, or random noise itself did.
-        meaningful = (result.clean_accuracy - strongest > 0.05
-                      or result.clean_accuracy - noise_accuracy > 0.05)
+        meaningful = (
+            result.clean_accuracy - strongest > 0.05
+            or result.clean_accuracy - noise_accuracy > 0.05
+        )
         if not meaningful:
             continue
         for outcome in members:
             if outcome.robust_accuracy >= noise_accuracy - TOLERANCE:
-                findings.append(Finding(
-                    "attack_no_better_than_noise",
-                    f"{outcome.config.name} ({norm}, eps {eps:g}) leaves "
-                    f"{_pct(outcome.robust_accuracy)} robust, no better than random noise of "
-                    f"the same size ({_pct(noise_accuracy)}). Adversarial examples are not "
-                    "noise (Goodfellow et al. 2015): an attack this weak is not measuring "
-                    "robustness here.",
-                ))
+                findings.append(
+                    Finding(
+                        "attack_no_better_than_noise",
+                        f"{outcome.config.name} ({norm}, eps {eps:g}) leaves "
+                        f"{_pct(outcome.robust_accuracy)} robust, no better than random noise of "
+                        f"the same size ({_pct(noise_accuracy)}). Adversarial examples are not "
+                        "noise (Goodfellow et al. 2015): an attack this weak is not measuring "
+                        "robustness here.",
+                    )
+                )
     return findings
 
 
@@ -253,17 +290,24 @@ def large_eps_check(
     eps = (upper - lower) / 2
     x, y = x[:max_examples].to(device), y[:max_examples].to(device)
     generator = torch.Generator(device=device).manual_seed(seed)
-    attack = make_attack("pgd", model, make_threat_model("linf", eps, lower, upper),
-                         {"steps": 20}, generator=generator)
+    attack = make_attack(
+        "pgd",
+        model,
+        make_threat_model("linf", eps, lower, upper),
+        {"steps": 20},
+        generator=generator,
+    )
     x_adv = attack(x, y)
     with torch.no_grad():
         accuracy = float((model(x_adv).argmax(dim=1) == y).float().mean())
     if accuracy <= LARGE_EPS_MAX_ACCURACY:
         return accuracy, []
-    return accuracy, [Finding(
-        "not_broken_at_large_eps",
-        f"PGD-20 at L-inf eps {eps:g} (half the input range, where every input can be turned "
-        f"into the same grey image) still leaves {_pct(accuracy)} accuracy. A working attack "
-        "gets close to 0% there: the attacks do not reach this model (masked gradients, "
-        "randomness or a bug), so every robust accuracy above is suspect.",
-    )]
+    return accuracy, [
+        Finding(
+            "not_broken_at_large_eps",
+            f"PGD-20 at L-inf eps {eps:g} (half the input range, where every input can be turned "
+            f"into the same grey image) still leaves {_pct(accuracy)} accuracy. A working attack "
+            "gets close to 0% there: the attacks do not reach this model (masked gradients, "
+            "randomness or a bug), so every robust accuracy above is suspect.",
+        )
+    ]

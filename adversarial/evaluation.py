@@ -293,8 +293,12 @@ class _Evaluator:
     ) -> torch.Tensor:
         """Adversarial inputs for the examples ``indices`` (CPU), from attack ``name``."""
         attack = make_attack(
-            name, self.model, threat, dict(params),
-            generator=self._generator(), on_step=self.tracker.advance,
+            name,
+            self.model,
+            threat,
+            dict(params),
+            generator=self._generator(),
+            on_step=self.tracker.advance,
         )
         result = torch.empty((indices.numel(), *self.x.shape[1:]), dtype=self.x.dtype)
 
@@ -317,8 +321,7 @@ class _Evaluator:
         if config.name in ENSEMBLES:
             components = self._run_ensemble(config, threat, attacked, adversarial)
         elif attacked.numel():
-            adversarial[attacked] = self.attack_points(config.name, threat, config.params,
-                                                       attacked)
+            adversarial[attacked] = self.attack_points(config.name, threat, config.params, attacked)
 
         # Only attacked points changed: predict those; the rest keep their clean prediction.
         adversarial_predictions = clean_predictions.clone()
@@ -347,8 +350,11 @@ class _Evaluator:
             mean_perturbation_norm=float(norms[fooled].mean()) if fooled.any() else None,
             max_perturbation_norm=float(norms[fooled].max()) if fooled.any() else None,
             per_class_accuracy=per_class_accuracy(robust, self.y, self.num_classes),
-            confusion=(confusion_matrix(self.y, adversarial_predictions, self.num_classes)
-                       if self.num_classes <= 100 else None),
+            confusion=(
+                confusion_matrix(self.y, adversarial_predictions, self.num_classes)
+                if self.num_classes <= 100
+                else None
+            ),
             seconds=time.perf_counter() - started,
             fooled_indices=fooled_indices,
             fooled_inputs=adversarial[fooled_indices],
@@ -385,17 +391,17 @@ class _Evaluator:
                 for index, point in zip(remaining[fooled].tolist(), found[fooled], strict=True):
                     carried[index] = (config.eps, point)
                 remaining = remaining[~fooled]
-            components.append(ComponentOutcome(
-                name=name,
-                robust_accuracy=remaining.numel() / self.x.shape[0],
-                seconds=time.perf_counter() - started,
-            ))
+            components.append(
+                ComponentOutcome(
+                    name=name,
+                    robust_accuracy=remaining.numel() / self.x.shape[0],
+                    seconds=time.perf_counter() - started,
+                )
+            )
         return components
 
 
-def ensemble_components(
-    config: AttackConfig, num_classes: int
-) -> list[tuple[str, dict[str, Any]]]:
+def ensemble_components(config: AttackConfig, num_classes: int) -> list[tuple[str, dict[str, Any]]]:
     """An ensemble's components with the config's overrides, cheapest first."""
     components = []
     for name, defaults in ENSEMBLES[config.name]:
@@ -421,8 +427,9 @@ def _cost(name: str, params: Mapping[str, Any]) -> float:
 def planned_steps(config: AttackConfig, num_classes: int) -> int:
     """Steps (gradient steps or queries) a config plans per attacked example."""
     if config.name in ENSEMBLES:
-        return sum(_planned(name, params) for name, params in
-                   ensemble_components(config, num_classes))
+        return sum(
+            _planned(name, params) for name, params in ensemble_components(config, num_classes)
+        )
     return _planned(config.name, config.params)
 
 
@@ -477,8 +484,16 @@ def evaluate(
         y = y.detach().cpu().long()
         batches = _Batches(initial_batch_size(batch_size, x[:1], device), device)
         tracker = _Progress(progress, 1.0)
-        evaluator = _Evaluator(model, x, y, num_classes=num_classes, input_range=input_range,
-                               batches=batches, seed=seed, tracker=tracker)
+        evaluator = _Evaluator(
+            model,
+            x,
+            y,
+            num_classes=num_classes,
+            input_range=input_range,
+            batches=batches,
+            seed=seed,
+            tracker=tracker,
+        )
         clean_predictions, clean_confidences = evaluator.predict(x)
         clean_correct = clean_predictions == y
         attacked = clean_correct.nonzero().squeeze(1)
@@ -486,8 +501,7 @@ def evaluate(
         # Progress in "example-step" units, so it moves evenly across attacks.
         plans = [planned_steps(c, num_classes) for c in configs]
         noise_keys = sorted({(c.norm, c.eps) for c in configs})
-        tracker.total = max(x.shape[0] * (1 + len(noise_keys)) + sum(plans) * attacked.numel(),
-                            1)
+        tracker.total = max(x.shape[0] * (1 + len(noise_keys)) + sum(plans) * attacked.numel(), 1)
         tracker.advance(x.shape[0])
 
         outcomes = []
@@ -515,8 +529,9 @@ def evaluate(
             outcomes=outcomes,
             worst_cases=worst_cases(outcomes, clean_correct),
             noise=noise,
-            per_sample=per_sample(evaluator, outcomes, clean_correct, clean_predictions,
-                                  clean_confidences),
+            per_sample=per_sample(
+                evaluator, outcomes, clean_correct, clean_predictions, clean_confidences
+            ),
             seconds=time.perf_counter() - started,
         )
     finally:
@@ -527,8 +542,7 @@ def worst_cases(outcomes: Sequence[AttackOutcome], clean_correct: torch.Tensor) 
     """Per norm and eps: robust only if no attack at that eps or smaller fooled the example."""
     cases = []
     for norm in sorted({o.config.norm for o in outcomes}):
-        members = sorted((o for o in outcomes if o.config.norm == norm),
-                         key=lambda o: o.config.eps)
+        members = sorted((o for o in outcomes if o.config.norm == norm), key=lambda o: o.config.eps)
         robust = clean_correct.clone()
         labels: list[str] = []
         for eps in sorted({o.config.eps for o in members}):
@@ -536,8 +550,9 @@ def worst_cases(outcomes: Sequence[AttackOutcome], clean_correct: torch.Tensor) 
                 if outcome.config.eps == eps:
                     robust &= outcome.robust
                     labels.append(outcome.config.label)
-            cases.append(WorstCase(norm=norm, eps=eps, attacks=list(labels),
-                                   robust_accuracy=_mean(robust)))
+            cases.append(
+                WorstCase(norm=norm, eps=eps, attacks=list(labels), robust_accuracy=_mean(robust))
+            )
     return cases
 
 
@@ -564,7 +579,13 @@ def per_sample(
         changed = torch.isfinite(fell_at) & clean_correct
         if changed.any():
             predictions[changed], confidences[changed] = evaluator.predict(inputs[changed])
-        summaries.append(PerSample(norm=norm, fell_at=fell_at, adversarial_inputs=inputs,
-                                   adversarial_predictions=predictions,
-                                   adversarial_confidences=confidences))
+        summaries.append(
+            PerSample(
+                norm=norm,
+                fell_at=fell_at,
+                adversarial_inputs=inputs,
+                adversarial_predictions=predictions,
+                adversarial_confidences=confidences,
+            )
+        )
     return summaries

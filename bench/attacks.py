@@ -32,12 +32,19 @@ class Cifar32CNN(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(64, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(3, 32, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(64, 64, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
         )
-        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(64 * 4 * 4, 128), nn.ReLU(),
-                                        nn.Linear(128, 10))
+        self.classifier = nn.Sequential(
+            nn.Flatten(), nn.Linear(64 * 4 * 4, 128), nn.ReLU(), nn.Linear(128, 10)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
@@ -63,32 +70,47 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
         return float((model(x).argmax(1) == y).float().mean())
 
 
-def floor_time(model: nn.Module, x: torch.Tensor, y: torch.Tensor, passes: int,
-               device: torch.device) -> float:
+def floor_time(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, passes: int, device: torch.device
+) -> float:
     """K+1 forward-backward passes on the batch: what any K-step attack must spend."""
+
     def work() -> torch.Tensor:
         for _ in range(passes):
             x_grad = x.clone().requires_grad_(True)
             loss = nn.functional.cross_entropy(model(x_grad), y)
             torch.autograd.grad(loss, x_grad)
         return x
+
     return timed(work, device)[0]
 
 
-def row(name: str, ours: float, theirs: float, floor: float | None, our_acc: float,
-        their_acc: float) -> None:
+def row(
+    name: str, ours: float, theirs: float, floor: float | None, our_acc: float, their_acc: float
+) -> None:
     floor_text = f"{floor:7.3f}s  {ours / floor:5.2f}x" if floor else f"{'':8}  {'':6}"
-    print(f"  {name:<24} ours {ours:7.3f}s  torchattacks {theirs:7.3f}s  "
-          f"ours/theirs {ours / theirs:5.2f}x  floor {floor_text}  "
-          f"robust ours {our_acc:6.1%} theirs {their_acc:6.1%}")
+    print(
+        f"  {name:<24} ours {ours:7.3f}s  torchattacks {theirs:7.3f}s  "
+        f"ours/theirs {ours / theirs:5.2f}x  floor {floor_text}  "
+        f"robust ours {our_acc:6.1%} theirs {their_acc:6.1%}"
+    )
 
 
-def bench_model(label: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float,
-                device: torch.device, quick: bool) -> None:
+def bench_model(
+    label: str,
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    device: torch.device,
+    quick: bool,
+) -> None:
     model = model.to(device).eval()
     x, y = x.to(device), y.to(device)
-    print(f"\n{label}: {x.shape[0]} examples {list(x.shape[1:])}, Linf eps {eps:.4g}, "
-          f"clean accuracy {accuracy(model, x, y):.1%}")
+    print(
+        f"\n{label}: {x.shape[0]} examples {list(x.shape[1:])}, Linf eps {eps:.4g}, "
+        f"clean accuracy {accuracy(model, x, y):.1%}"
+    )
     threat = make_threat_model("linf", eps)
 
     def ours(name: str, **params: object) -> Callable[[], torch.Tensor]:
@@ -101,22 +123,41 @@ def bench_model(label: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, 
     torchattacks.FGSM(model, eps=eps)(x, y)
 
     cases: list[tuple[str, Callable[[], torch.Tensor], Callable[[], torch.Tensor], int]] = [
-        ("FGSM", ours("fgsm"), lambda: torchattacks.FGSM(model, eps=eps)(x, y), 1)]
+        ("FGSM", ours("fgsm"), lambda: torchattacks.FGSM(model, eps=eps)(x, y), 1)
+    ]
     for steps in (10, 40):
         step_size = 2.5 * eps / steps
-        torch_pgd = torchattacks.PGD(model, eps=eps, alpha=step_size, steps=steps,
-                                     random_start=True)
-        cases.append((f"PGD-{steps} all steps",
-                      ours("pgd", steps=steps, step_size=step_size, early_stop=False),
-                      lambda a=torch_pgd: a(x, y), steps + 1))
-        cases.append((f"PGD-{steps} early exit",
-                      ours("pgd", steps=steps, step_size=step_size, early_stop=True),
-                      lambda a=torch_pgd: a(x, y), steps + 1))
+        torch_pgd = torchattacks.PGD(
+            model, eps=eps, alpha=step_size, steps=steps, random_start=True
+        )
+        cases.append(
+            (
+                f"PGD-{steps} all steps",
+                ours("pgd", steps=steps, step_size=step_size, early_stop=False),
+                lambda a=torch_pgd: a(x, y),
+                steps + 1,
+            )
+        )
+        cases.append(
+            (
+                f"PGD-{steps} early exit",
+                ours("pgd", steps=steps, step_size=step_size, early_stop=True),
+                lambda a=torch_pgd: a(x, y),
+                steps + 1,
+            )
+        )
     apgd_steps = 20 if quick else 100
-    torch_apgd = torchattacks.APGD(model, norm="Linf", eps=eps, steps=apgd_steps, n_restarts=1,
-                                   loss="ce", seed=0)
-    cases.append((f"APGD-CE-{apgd_steps}", ours("apgd-ce", steps=apgd_steps),
-                  lambda: torch_apgd(x, y), apgd_steps + 1))
+    torch_apgd = torchattacks.APGD(
+        model, norm="Linf", eps=eps, steps=apgd_steps, n_restarts=1, loss="ce", seed=0
+    )
+    cases.append(
+        (
+            f"APGD-CE-{apgd_steps}",
+            ours("apgd-ce", steps=apgd_steps),
+            lambda: torch_apgd(x, y),
+            apgd_steps + 1,
+        )
+    )
 
     for name, our_attack, their_attack, passes in cases:
         torch.manual_seed(0)
@@ -124,15 +165,23 @@ def bench_model(label: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, 
         torch.manual_seed(0)
         their_time, their_adv = timed(their_attack, device)
         floor = floor_time(model, x, y, passes, device)
-        row(name, our_time, their_time, floor, accuracy(model, our_adv, y),
-            accuracy(model, their_adv, y))
+        row(
+            name,
+            our_time,
+            their_time,
+            floor,
+            accuracy(model, our_adv, y),
+            accuracy(model, their_adv, y),
+        )
 
     params = {"steps": 20, "queries": 500} if quick else {}
     config = AttackConfig("autoattack", "linf", eps, params)
-    our_time, result = timed(lambda: evaluate(model, x, y, [config], num_classes=10,
-                                               device=device), device)  # type: ignore[arg-type,return-value]
-    their_attack = torchattacks.AutoAttack(model, norm="Linf", eps=eps, version="standard",
-                                           n_classes=10, seed=0)
+    our_time, result = timed(
+        lambda: evaluate(model, x, y, [config], num_classes=10, device=device), device
+    )  # type: ignore[arg-type,return-value]
+    their_attack = torchattacks.AutoAttack(
+        model, norm="Linf", eps=eps, version="standard", n_classes=10, seed=0
+    )
     if quick:
         for attack in their_attack._autoattack._multiattack.attacks:  # same small budgets
             if hasattr(attack, "steps"):
@@ -141,10 +190,18 @@ def bench_model(label: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, 
                 attack.n_queries = 500
     their_time, their_adv = timed(lambda: their_attack(x, y), device)
     ours_accuracy = result.outcomes[0].robust_accuracy  # type: ignore[attr-defined]
-    row("autoattack preset", our_time, their_time, None, ours_accuracy,
-        accuracy(model, their_adv, y))
-    parts = ", ".join(f"{c.name} {c.robust_accuracy:.1%} ({c.seconds:.1f}s)"
-                      for c in result.outcomes[0].components)  # type: ignore[attr-defined]
+    row(
+        "autoattack preset",
+        our_time,
+        their_time,
+        None,
+        ours_accuracy,
+        accuracy(model, their_adv, y),
+    )
+    parts = ", ".join(
+        f"{c.name} {c.robust_accuracy:.1%} ({c.seconds:.1f}s)"
+        for c in result.outcomes[0].components
+    )  # type: ignore[attr-defined]
     print(f"    ours: {parts}; torchattacks' standard version also runs FAB-T")
 
 

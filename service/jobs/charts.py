@@ -6,8 +6,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from html import escape
 
-PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2",
-           "#17becf", "#7f7f7f", "#bcbd22")
+PALETTE = (
+    "#1f77b4",
+    "#d62728",
+    "#2ca02c",
+    "#ff7f0e",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#17becf",
+    "#7f7f7f",
+    "#bcbd22",
+)
 WIDTH, HEIGHT = 640, 320
 LEFT, RIGHT, TOP, BOTTOM = 56, 170, 16, 44
 
@@ -23,21 +33,30 @@ class Series:
 
 
 def _frame(title: str, x_label: str, y_label: str, css_class: str) -> list[str]:
-    parts = [f"<svg class='{css_class}' xmlns='http://www.w3.org/2000/svg' width='{WIDTH}' "
-             f"height='{HEIGHT}' viewBox='0 0 {WIDTH} {HEIGHT}' role='img' "
-             f"aria-label='{escape(title)}'>",
-             f"<rect x='0' y='0' width='{WIDTH}' height='{HEIGHT}' fill='white'/>"]
+    parts = [
+        f"<svg class='{css_class}' xmlns='http://www.w3.org/2000/svg' width='{WIDTH}' "
+        f"height='{HEIGHT}' viewBox='0 0 {WIDTH} {HEIGHT}' role='img' "
+        f"aria-label='{escape(title)}'>",
+        f"<rect x='0' y='0' width='{WIDTH}' height='{HEIGHT}' fill='white'/>",
+    ]
     plot_height = HEIGHT - TOP - BOTTOM
     for tick in range(0, 11, 2):
         y = TOP + plot_height * (1 - tick / 10)
-        parts.append(f"<line x1='{LEFT}' x2='{WIDTH - RIGHT}' y1='{y:.1f}' y2='{y:.1f}' "
-                     "stroke='#e4e4e4'/>")
-        parts.append(f"<text x='{LEFT - 6}' y='{y + 4:.1f}' font-size='11' "
-                     f"text-anchor='end'>{tick * 10}%</text>")
-    parts.append(f"<text x='{(LEFT + WIDTH - RIGHT) / 2}' y='{HEIGHT - 6}' font-size='12' "
-                 f"text-anchor='middle'>{escape(x_label)}</text>")
-    parts.append(f"<text x='14' y='{TOP + plot_height / 2}' font-size='12' text-anchor='middle' "
-                 f"transform='rotate(-90 14 {TOP + plot_height / 2})'>{escape(y_label)}</text>")
+        parts.append(
+            f"<line x1='{LEFT}' x2='{WIDTH - RIGHT}' y1='{y:.1f}' y2='{y:.1f}' stroke='#e4e4e4'/>"
+        )
+        parts.append(
+            f"<text x='{LEFT - 6}' y='{y + 4:.1f}' font-size='11' "
+            f"text-anchor='end'>{tick * 10}%</text>"
+        )
+    parts.append(
+        f"<text x='{(LEFT + WIDTH - RIGHT) / 2}' y='{HEIGHT - 6}' font-size='12' "
+        f"text-anchor='middle'>{escape(x_label)}</text>"
+    )
+    parts.append(
+        f"<text x='14' y='{TOP + plot_height / 2}' font-size='12' text-anchor='middle' "
+        f"transform='rotate(-90 14 {TOP + plot_height / 2})'>{escape(y_label)}</text>"
+    )
     return parts
 
 
@@ -46,15 +65,19 @@ def _legend(labels: Sequence[tuple[str, str, bool]]) -> list[str]:
     for index, (label, color, dashed) in enumerate(labels):
         y = TOP + 10 + index * 18
         dash = " stroke-dasharray='5 4'" if dashed else ""
-        parts.append(f"<line x1='{WIDTH - RIGHT + 10}' x2='{WIDTH - RIGHT + 34}' y1='{y}' "
-                     f"y2='{y}' stroke='{color}' stroke-width='3'{dash}/>")
-        parts.append(f"<text x='{WIDTH - RIGHT + 40}' y='{y + 4}' font-size='11'>"
-                     f"{escape(label[:22])}</text>")
+        parts.append(
+            f"<line x1='{WIDTH - RIGHT + 10}' x2='{WIDTH - RIGHT + 34}' y1='{y}' "
+            f"y2='{y}' stroke='{color}' stroke-width='3'{dash}/>"
+        )
+        parts.append(
+            f"<text x='{WIDTH - RIGHT + 40}' y='{y + 4}' font-size='11'>{escape(label[:22])}</text>"
+        )
     return parts
 
 
-def line_chart(title: str, series: Sequence[Series], x_label: str,
-               y_label: str = "accuracy") -> str:
+def line_chart(
+    title: str, series: Sequence[Series], x_label: str, y_label: str = "accuracy"
+) -> str:
     """Accuracy (0..1) against a numeric x, one polyline with markers per series."""
     parts = _frame(title, x_label, y_label, "chart line-chart")
     xs = [x for s in series for x in s.x]
@@ -65,31 +88,39 @@ def line_chart(title: str, series: Sequence[Series], x_label: str,
     plot_height = HEIGHT - TOP - BOTTOM
 
     def position(x: float, y: float) -> tuple[float, float]:
-        return (LEFT + plot_width * (x - low) / (high - low),
-                TOP + plot_height * (1 - min(max(y, 0.0), 1.0)))
+        return (
+            LEFT + plot_width * (x - low) / (high - low),
+            TOP + plot_height * (1 - min(max(y, 0.0), 1.0)),
+        )
 
     for x in sorted(set(xs)):
         px, _ = position(x, 0)
-        parts.append(f"<text x='{px:.1f}' y='{HEIGHT - BOTTOM + 16}' font-size='11' "
-                     f"text-anchor='middle'>{x:.3g}</text>")
+        parts.append(
+            f"<text x='{px:.1f}' y='{HEIGHT - BOTTOM + 16}' font-size='11' "
+            f"text-anchor='middle'>{x:.3g}</text>"
+        )
     legend = []
     for index, line in enumerate(series):
         color = PALETTE[index % len(PALETTE)]
         points = [position(x, y) for x, y in zip(line.x, line.y, strict=True) if y is not None]
         dash = " stroke-dasharray='5 4'" if line.dashed else ""
         path = " ".join(f"{px:.1f},{py:.1f}" for px, py in points)
-        parts.append(f"<polyline class='series' points='{path}' fill='none' stroke='{color}' "
-                     f"stroke-width='2.5'{dash}/>")
-        parts += [f"<circle cx='{px:.1f}' cy='{py:.1f}' r='3.5' fill='{color}'/>"
-                  for px, py in points]
+        parts.append(
+            f"<polyline class='series' points='{path}' fill='none' stroke='{color}' "
+            f"stroke-width='2.5'{dash}/>"
+        )
+        parts += [
+            f"<circle cx='{px:.1f}' cy='{py:.1f}' r='3.5' fill='{color}'/>" for px, py in points
+        ]
         legend.append((line.label, color, line.dashed))
     parts += _legend(legend)
     parts.append("</svg>")
     return "".join(parts)
 
 
-def bar_chart(title: str, categories: Sequence[str], series: Sequence[Series],
-              y_label: str = "accuracy") -> str:
+def bar_chart(
+    title: str, categories: Sequence[str], series: Sequence[Series], y_label: str = "accuracy"
+) -> str:
     """Grouped bars of accuracies (0..1): one group per category, one bar per series."""
     parts = _frame(title, "class", y_label, "chart bar-chart")
     plot_width = WIDTH - LEFT - RIGHT
@@ -99,8 +130,10 @@ def bar_chart(title: str, categories: Sequence[str], series: Sequence[Series],
     legend = []
     for index, category in enumerate(categories):
         x = LEFT + group * (index + 0.5)
-        parts.append(f"<text x='{x:.1f}' y='{HEIGHT - BOTTOM + 16}' font-size='11' "
-                     f"text-anchor='middle'>{escape(category)}</text>")
+        parts.append(
+            f"<text x='{x:.1f}' y='{HEIGHT - BOTTOM + 16}' font-size='11' "
+            f"text-anchor='middle'>{escape(category)}</text>"
+        )
     for number, values in enumerate(series):
         color = PALETTE[number % len(PALETTE)]
         legend.append((values.label, color, False))
@@ -109,8 +142,10 @@ def bar_chart(title: str, categories: Sequence[str], series: Sequence[Series],
                 continue
             height = plot_height * min(max(value, 0.0), 1.0)
             x = LEFT + group * index + group * 0.1 + bar * number
-            parts.append(f"<rect class='bar' x='{x:.1f}' y='{TOP + plot_height - height:.1f}' "
-                         f"width='{bar:.1f}' height='{height:.1f}' fill='{color}'/>")
+            parts.append(
+                f"<rect class='bar' x='{x:.1f}' y='{TOP + plot_height - height:.1f}' "
+                f"width='{bar:.1f}' height='{height:.1f}' fill='{color}'/>"
+            )
     parts += _legend(legend)
     parts.append("</svg>")
     return "".join(parts)

@@ -9,8 +9,12 @@ import numpy as np
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:
-    return (struct.pack(">I", len(data)) + kind + data
-            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+    return (
+        struct.pack(">I", len(data))
+        + kind
+        + data
+        + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    )
 
 
 def png_bytes(pixels: np.ndarray) -> bytes:
@@ -27,8 +31,12 @@ def png_bytes(pixels: np.ndarray) -> bytes:
     # Filter type 0 (none) before every row.
     raw = np.concatenate([np.zeros((height, 1), np.uint8), rows], axis=1).tobytes()
     header = struct.pack(">IIBBBBB", width, height, 8, color_type, 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header)
-            + _chunk(b"IDAT", zlib.compress(raw, 6)) + _chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _chunk(b"IHDR", header)
+        + _chunk(b"IDAT", zlib.compress(raw, 6))
+        + _chunk(b"IEND", b"")
+    )
 
 
 def to_pixels(image: np.ndarray, lower: float, upper: float) -> np.ndarray:
@@ -44,5 +52,6 @@ def to_pixels(image: np.ndarray, lower: float, upper: float) -> np.ndarray:
 def perturbation_pixels(delta: np.ndarray) -> np.ndarray:
     """A perturbation amplified to the full range around mid-grey (the panda figure)."""
     largest = float(np.abs(delta).max())
-    return to_pixels(0.5 + 0.5 * delta / largest if largest > 0 else np.full_like(delta, 0.5),
-                     0.0, 1.0)
+    return to_pixels(
+        0.5 + 0.5 * delta / largest if largest > 0 else np.full_like(delta, 0.5), 0.0, 1.0
+    )

@@ -50,30 +50,53 @@ def _png_tag(pixels: np.ndarray, alt: str) -> str:
 
 def _gate(gate: Mapping[str, Any]) -> str:
     passed = gate["passed"]
-    rows = [[escape(c["name"]), _pct(c["threshold"]), _pct(c["value"]),
-             "<span class='pass'>pass</span>" if c["passed"] else "<span class='fail'>fail</span>"]
-            for c in gate["checks"]]
-    return (f"<h2>Gate: <span class='verdict {'pass' if passed else 'fail'}'>"
-            f"{'PASSED' if passed else 'FAILED'}</span></h2>"
-            + _table(["check", "threshold", "value", "result"], rows))
+    rows = [
+        [
+            escape(c["name"]),
+            _pct(c["threshold"]),
+            _pct(c["value"]),
+            "<span class='pass'>pass</span>" if c["passed"] else "<span class='fail'>fail</span>",
+        ]
+        for c in gate["checks"]
+    ]
+    return (
+        f"<h2>Gate: <span class='verdict {'pass' if passed else 'fail'}'>"
+        f"{'PASSED' if passed else 'FAILED'}</span></h2>"
+        + _table(["check", "threshold", "value", "result"], rows)
+    )
 
 
 def _curves(result: Mapping[str, Any]) -> str:
     parts = []
     for norm in sorted({c["norm"] for c in result.get("curves", [])}):
-        series = [Series(f"{c['attack']}", c["eps"], c["robust_accuracy"])
-                  for c in result["curves"] if c["norm"] == norm]
+        series = [
+            Series(f"{c['attack']}", c["eps"], c["robust_accuracy"])
+            for c in result["curves"]
+            if c["norm"] == norm
+        ]
         worst = [w for w in result["worst_case"] if w["norm"] == norm]
         if len(series) > 1:
-            series.append(Series("worst case", [w["eps"] for w in worst],
-                                 [w["robust_accuracy"] for w in worst]))
+            series.append(
+                Series(
+                    "worst case", [w["eps"] for w in worst], [w["robust_accuracy"] for w in worst]
+                )
+            )
         noise = [n for n in result.get("noise_baseline", []) if n["norm"] == norm]
         if noise:
-            series.append(Series("random noise", [n["eps"] for n in noise],
-                                 [n["accuracy"] for n in noise], dashed=True))
+            series.append(
+                Series(
+                    "random noise",
+                    [n["eps"] for n in noise],
+                    [n["accuracy"] for n in noise],
+                    dashed=True,
+                )
+            )
         parts.append(f"<h3>{escape(norm)}</h3>")
-        parts.append(line_chart(f"robust accuracy against {norm} eps", series,
-                                f"eps ({norm})", "robust accuracy"))
+        parts.append(
+            line_chart(
+                f"robust accuracy against {norm} eps", series, f"eps ({norm})", "robust accuracy"
+            )
+        )
     return "<h2>Robustness curves</h2>" + "".join(parts) if parts else ""
 
 
@@ -81,18 +104,29 @@ def _per_class(result: Mapping[str, Any]) -> str:
     clean = result["per_class_clean_accuracy"]
     # The most telling attack for per-class bars: robust accuracy nearest half the clean one
     # (at 0% or at the clean accuracy every class looks the same).
-    strongest = min(result["attacks"],
-                    key=lambda a: (abs(a["robust_accuracy"] - result["clean_accuracy"] / 2),
-                                   a["robust_accuracy"]),
-                    default=None)
+    strongest = min(
+        result["attacks"],
+        key=lambda a: (
+            abs(a["robust_accuracy"] - result["clean_accuracy"] / 2),
+            a["robust_accuracy"],
+        ),
+        default=None,
+    )
     if strongest is None:
         return ""
     categories = [str(i) for i in range(len(clean))]
-    chart = bar_chart("per-class accuracy", categories, [
-        Series("clean", list(range(len(clean))), clean),
-        Series(f"{strongest['name']} {strongest['norm']} {strongest['eps']:.3g}",
-               list(range(len(clean))), strongest["per_class_accuracy"]),
-    ])
+    chart = bar_chart(
+        "per-class accuracy",
+        categories,
+        [
+            Series("clean", list(range(len(clean))), clean),
+            Series(
+                f"{strongest['name']} {strongest['norm']} {strongest['eps']:.3g}",
+                list(range(len(clean))),
+                strongest["per_class_accuracy"],
+            ),
+        ],
+    )
     parts = ["<h2>Per-class accuracy</h2>", chart]
     confusion = strongest.get("confusion")
     if confusion and len(confusion) <= 20:
@@ -102,13 +136,18 @@ def _per_class(result: Mapping[str, Any]) -> str:
             cells = [str(true_class)]
             for count in row:
                 shade = int(255 - 180 * count / largest)
-                cells.append(f"<span style='display:block;background:rgb({shade},{shade},255)'>"
-                             f"{count}</span>")
+                cells.append(
+                    f"<span style='display:block;background:rgb({shade},{shade},255)'>"
+                    f"{count}</span>"
+                )
             rows.append(cells)
-        parts.append(f"<h3>Adversarial predictions ({escape(strongest['name'])}, eps "
-                     f"{strongest['eps']:.3g}): true class (rows) against predicted</h3>")
-        parts.append(_table(["true \\ predicted", *map(str, range(len(confusion)))], rows,
-                            "confusion"))
+        parts.append(
+            f"<h3>Adversarial predictions ({escape(strongest['name'])}, eps "
+            f"{strongest['eps']:.3g}): true class (rows) against predicted</h3>"
+        )
+        parts.append(
+            _table(["true \\ predicted", *map(str, range(len(confusion)))], rows, "confusion")
+        )
     return "".join(parts)
 
 
@@ -119,8 +158,7 @@ def _gallery(per_sample: Mapping[str, np.ndarray], input_range: tuple[float, flo
     norm = "linf" if "linf" in norms else norms[0]
     fell_at = per_sample[f"fell_at_{norm}"]
     labels = per_sample["labels"]
-    candidates = [i for i in np.argsort(fell_at, kind="stable")
-                  if 0 < fell_at[i] < np.inf]
+    candidates = [i for i in np.argsort(fell_at, kind="stable") if 0 < fell_at[i] < np.inf]
     chosen: list[int] = []
     for index in candidates:  # one per class first, then the rest
         if labels[index] not in {labels[c] for c in chosen}:
@@ -154,14 +192,20 @@ def _gallery(per_sample: Mapping[str, np.ndarray], input_range: tuple[float, flo
             f"({_pct(float(per_sample['clean_confidences'][index]))})<br>"
             f"eps {float(fell_at[index]):.3g}: predicted "
             f"{int(per_sample[f'predictions_{norm}'][index])} "
-            f"({_pct(float(per_sample[f'confidences_{norm}'][index]))})</div>")
-    return ("<h2>Adversarial examples</h2><p>clean | perturbation (amplified) | adversarial, "
-            f"at the smallest {escape(norm)} eps that fooled the model</p>"
-            f"<div class='gallery'>{''.join(items)}</div>")
+            f"({_pct(float(per_sample[f'confidences_{norm}'][index]))})</div>"
+        )
+    return (
+        "<h2>Adversarial examples</h2><p>clean | perturbation (amplified) | adversarial, "
+        f"at the smallest {escape(norm)} eps that fooled the model</p>"
+        f"<div class='gallery'>{''.join(items)}</div>"
+    )
 
 
-def _audit_sections(result: Mapping[str, Any], per_sample: Mapping[str, np.ndarray] | None,
-                    input_range: tuple[float, float]) -> str:
+def _audit_sections(
+    result: Mapping[str, Any],
+    per_sample: Mapping[str, np.ndarray] | None,
+    input_range: tuple[float, float],
+) -> str:
     parts = [
         f"<p>Model <code>{escape(result['model_id'])}</code> on "
         f"<code>{escape(result['dataset_id'])}</code> ({escape(result['split'])}, "
@@ -174,8 +218,10 @@ def _audit_sections(result: Mapping[str, Any], per_sample: Mapping[str, np.ndarr
     warnings = result.get("warnings", [])
     parts.append(f"<h2>Validity checks: {len(warnings)} warning(s)</h2>")
     for warning in warnings:
-        parts.append(f"<div class='warn'><b>{escape(warning['code'])}</b>: "
-                     f"{escape(warning['message'])}</div>")
+        parts.append(
+            f"<div class='warn'><b>{escape(warning['code'])}</b>: "
+            f"{escape(warning['message'])}</div>"
+        )
     if not warnings:
         parts.append("<p>No sign of gradient masking or a failing attack.</p>")
     parts.append(_curves(result))
@@ -184,31 +230,78 @@ def _audit_sections(result: Mapping[str, Any], per_sample: Mapping[str, np.ndarr
     for a in result["attacks"]:
         name = escape(a["name"])
         if a.get("components"):
-            name += "<br><small>" + " &rarr; ".join(
-                f"{escape(c['name'])} {_pct(c['robust_accuracy'])}" for c in a["components"]
-            ) + "</small>"
-        rows.append([name, escape(a["norm"]), _num(a["eps"]), _pct(a["robust_accuracy"]),
-                     _pct(a["success_rate"]), _pct(a["mean_wrong_confidence"]),
-                     _num(a["mean_perturbation_norm"]), _num(a["max_perturbation_norm"]),
-                     f"{a['seconds']:.2f}"])
-    parts.append(_table(["attack", "norm", "eps", "robust accuracy", "success rate",
-                         "wrong confidence", "mean ||delta||", "max ||delta||", "seconds"], rows))
+            name += (
+                "<br><small>"
+                + " &rarr; ".join(
+                    f"{escape(c['name'])} {_pct(c['robust_accuracy'])}" for c in a["components"]
+                )
+                + "</small>"
+            )
+        rows.append(
+            [
+                name,
+                escape(a["norm"]),
+                _num(a["eps"]),
+                _pct(a["robust_accuracy"]),
+                _pct(a["success_rate"]),
+                _pct(a["mean_wrong_confidence"]),
+                _num(a["mean_perturbation_norm"]),
+                _num(a["max_perturbation_norm"]),
+                f"{a['seconds']:.2f}",
+            ]
+        )
+    parts.append(
+        _table(
+            [
+                "attack",
+                "norm",
+                "eps",
+                "robust accuracy",
+                "success rate",
+                "wrong confidence",
+                "mean ||delta||",
+                "max ||delta||",
+                "seconds",
+            ],
+            rows,
+        )
+    )
     parts.append("<h2>Worst case per eps</h2>")
-    parts.append(_table(
-        ["norm", "eps", "robust accuracy", "random noise"],
-        [[escape(w["norm"]), _num(w["eps"]), _pct(w["robust_accuracy"]),
-          _pct(next((n["accuracy"] for n in result.get("noise_baseline", [])
-                     if n["norm"] == w["norm"] and n["eps"] == w["eps"]), None))]
-         for w in result["worst_case"]],
-    ))
+    parts.append(
+        _table(
+            ["norm", "eps", "robust accuracy", "random noise"],
+            [
+                [
+                    escape(w["norm"]),
+                    _num(w["eps"]),
+                    _pct(w["robust_accuracy"]),
+                    _pct(
+                        next(
+                            (
+                                n["accuracy"]
+                                for n in result.get("noise_baseline", [])
+                                if n["norm"] == w["norm"] and n["eps"] == w["eps"]
+                            ),
+                            None,
+                        )
+                    ),
+                ]
+                for w in result["worst_case"]
+            ],
+        )
+    )
     parts.append(_per_class(result))
     if per_sample is not None:
         parts.append(_gallery(per_sample, input_range))
     return "".join(parts)
 
 
-def render_report(job: JobRead, *, per_sample: Mapping[str, np.ndarray] | None = None,
-                  input_range: tuple[float, float] = (0.0, 1.0)) -> str:
+def render_report(
+    job: JobRead,
+    *,
+    per_sample: Mapping[str, np.ndarray] | None = None,
+    input_range: tuple[float, float] = (0.0, 1.0),
+) -> str:
     """The report page of ``job``: an audit's verdict, checks, curves, classes and gallery;
     status and error for other jobs."""
     title = f"Gauntlet {escape(job.kind)} {escape(job.id)}"
@@ -219,5 +312,7 @@ def render_report(job: JobRead, *, per_sample: Mapping[str, np.ndarray] | None =
         parts.append(_audit_sections(job.result, per_sample, input_range))
     elif job.status in ("queued", "running"):
         parts.append(f"<p>{_pct(job.progress.fraction)} done: {escape(job.progress.message)}</p>")
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title>"
-            f"<style>{_STYLE}</style></head><body>{''.join(parts)}</body></html>")
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title>"
+        f"<style>{_STYLE}</style></head><body>{''.join(parts)}</body></html>"
+    )

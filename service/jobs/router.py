@@ -102,16 +102,22 @@ def job_report(
     elif token is not None:
         job = service.get_job_by_report_token(session, job_id, token)
     else:
-        raise ProblemError(401, "unauthenticated", "send the API key or use a report link",
-                           headers={"WWW-Authenticate": "Bearer"})
+        raise ProblemError(
+            401,
+            "unauthenticated",
+            "send the API key or use a report link",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
     per_sample, input_range = service.report_inputs(session, job, get_store())
-    return HTMLResponse(render_report(JobRead.from_row(job), per_sample=per_sample,
-                                      input_range=input_range))
+    return HTMLResponse(
+        render_report(JobRead.from_row(job), per_sample=per_sample, input_range=input_range)
+    )
 
 
 @router.post("/{job_id}/report-link")
-def report_link(principal: PrincipalDep, session: SessionDep, job_id: str,
-                request: Request) -> ReportLink:
+def report_link(
+    principal: PrincipalDep, session: SessionDep, job_id: str, request: Request
+) -> ReportLink:
     """A link that opens the job's report in a browser without the API key, for an hour."""
     job = service.get_job(session, principal, job_id)
     token, expires_at = service.report_link(principal, job)

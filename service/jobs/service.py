@@ -9,7 +9,6 @@ import time
 from typing import Any
 
 import numpy as np
-
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -184,8 +183,9 @@ def check_audit_fits(
         where = f"attacks[{index}]" if spec.attacks else "preset"
         target = getattr(attack, "target", None)
         if isinstance(target, int) and target >= model.num_classes:
-            raise invalid(f"{where}.target",
-                          f"class {target} does not exist ({model.num_classes} classes)")
+            raise invalid(
+                f"{where}.target", f"class {target} does not exist ({model.num_classes} classes)"
+            )
         # Beyond these radii the ball contains the whole input range: eps is surely a mistake.
         largest = span if attack.norm == "linf" else span * math.sqrt(dims)
         for eps in attack.eps:
@@ -205,16 +205,20 @@ def get_job_by_report_token(session: Session, job_id: str, token: str) -> Job:
     return job
 
 
-def report_link(principal: Principal, job: Job, *, seconds: int = REPORT_LINK_SECONDS
-                ) -> tuple[str, dt.datetime]:
+def report_link(
+    principal: Principal, job: Job, *, seconds: int = REPORT_LINK_SECONDS
+) -> tuple[str, dt.datetime]:
     """A token for a link that opens ``job``'s report without the API key, and its expiry."""
     expires = int(time.time()) + seconds
-    return (report_token(principal.tenant_id, job.id, expires),
-            dt.datetime.fromtimestamp(expires, dt.UTC))
+    return (
+        report_token(principal.tenant_id, job.id, expires),
+        dt.datetime.fromtimestamp(expires, dt.UTC),
+    )
 
 
-def report_inputs(session: Session, job: Job, store: ArtifactStore
-                  ) -> tuple[dict[str, np.ndarray] | None, tuple[float, float]]:
+def report_inputs(
+    session: Session, job: Job, store: ArtifactStore
+) -> tuple[dict[str, np.ndarray] | None, tuple[float, float]]:
     """What a report draws besides the result: the per-sample arrays and the input range."""
     model = models.get_any(session, job.model_id) if job.model_id else None
     input_range = (model.input_range[0], model.input_range[1]) if model else (0.0, 1.0)

@@ -26,15 +26,19 @@ class _Strict(BaseModel):
 
 Target = Annotated[
     Literal["least_likely"] | Annotated[int, Field(ge=0)] | None,
-    Field(description="Targeted variant: 'least_likely' (the class with the lowest clean "
-          "logit) or a class index; null for untargeted."),
+    Field(
+        description="Targeted variant: 'least_likely' (the class with the lowest clean "
+        "logit) or a class index; null for untargeted."
+    ),
 ]
 StepSize = Annotated[float | None, Field(gt=0, allow_inf_nan=False)]
 EarlyStop = Annotated[
     bool,
-    Field(description="Stop attacking an example once an iterate fools the model and keep "
-          "that iterate (per-example worst case). false: every example runs all steps and the "
-          "final iterate counts, as torchattacks does."),
+    Field(
+        description="Stop attacking an example once an iterate fools the model and keep "
+        "that iterate (per-example worst case). false: every example runs all steps and the "
+        "final iterate counts, as torchattacks does."
+    ),
 ]
 
 
@@ -135,12 +139,28 @@ class AutoAttackEnsemble(_Attack):
 
 
 AttackEntry = (
-    FgsmAttack | RfgsmAttack | BimAttack | MifgsmAttack | PgdAttack | ApgdCeAttack
-    | ApgdTAttack | SquareAttack | AutoAttackEnsemble
+    FgsmAttack
+    | RfgsmAttack
+    | BimAttack
+    | MifgsmAttack
+    | PgdAttack
+    | ApgdCeAttack
+    | ApgdTAttack
+    | SquareAttack
+    | AutoAttackEnsemble
 )
 AttackSpec = Annotated[AttackEntry, Field(discriminator="name")]
-ATTACK_NAMES = ("fgsm", "rfgsm", "bim", "mifgsm", "pgd", "apgd-ce", "apgd-t", "square",
-                "autoattack")
+ATTACK_NAMES = (
+    "fgsm",
+    "rfgsm",
+    "bim",
+    "mifgsm",
+    "pgd",
+    "apgd-ce",
+    "apgd-t",
+    "square",
+    "autoattack",
+)
 
 Preset = Literal["quick", "standard", "autoattack"]
 
@@ -149,11 +169,12 @@ def preset_attacks(preset: str, norm: str, eps: list[float]) -> list[AttackEntry
     """The attacks a preset stands for: ``quick`` (FGSM + PGD-10) and ``standard`` (PGD-50,
     3 restarts) for CI tiers, ``autoattack`` (the strong default)."""
     if preset == "quick":
-        return [FgsmAttack(name="fgsm", norm=norm, eps=eps),
-                PgdAttack(name="pgd", norm=norm, eps=eps, steps=10)]
+        return [
+            FgsmAttack(name="fgsm", norm=norm, eps=eps),
+            PgdAttack(name="pgd", norm=norm, eps=eps, steps=10),
+        ]
     if preset == "standard":
-        return [PgdAttack(name="pgd", norm=norm, eps=eps, steps=50,
-                          restarts=3)]
+        return [PgdAttack(name="pgd", norm=norm, eps=eps, steps=50, restarts=3)]
     return [AutoAttackEnsemble(name="autoattack", norm=norm, eps=eps)]
 
 
@@ -194,11 +215,14 @@ class AuditSpec(_Strict):
     seed: int = Field(0, ge=0, le=2**31 - 1)
     batch_size: int | None = Field(None, ge=1, le=65_536)
     attacks: list[AttackSpec] | None = Field(
-        None, min_length=1, max_length=32,
+        None,
+        min_length=1,
+        max_length=32,
         description="Attacks to run; omit them to use 'preset' (default: autoattack).",
     )
     preset: Preset | None = Field(
-        None, description="quick (FGSM + PGD-10), standard (PGD-50, 3 restarts) or autoattack "
+        None,
+        description="quick (FGSM + PGD-10), standard (PGD-50, 3 restarts) or autoattack "
         "(APGD-CE + APGD-T + Square); used when 'attacks' is omitted.",
     )
     norm: Norm = Field("linf", description="The preset's norm.")

@@ -111,11 +111,12 @@ def test_nan_gradients_are_caught(network, data) -> None:
 def test_result_checks_on_crafted_numbers(network, data) -> None:
     x, y = data
     # A step size of 0 makes PGD do nothing: weaker than FGSM, no better than noise.
-    configs = [AttackConfig("fgsm", "linf", 0.15),
-               AttackConfig("pgd", "linf", 0.15, {"steps": 3, "step_size": 1e-9,
-                                                  "random_start": False}),
-               AttackConfig("pgd", "linf", 0.05, {"steps": 10}),
-               AttackConfig("pgd", "linf", 0.1, {"steps": 10})]
+    configs = [
+        AttackConfig("fgsm", "linf", 0.15),
+        AttackConfig("pgd", "linf", 0.15, {"steps": 3, "step_size": 1e-9, "random_start": False}),
+        AttackConfig("pgd", "linf", 0.05, {"steps": 10}),
+        AttackConfig("pgd", "linf", 0.1, {"steps": 10}),
+    ]
     result = evaluate(network, x, y, configs, num_classes=10)
     codes = {f.code for f in result_checks(result)}
     assert "iterative_weaker_than_fgsm" in codes
@@ -136,7 +137,6 @@ def test_large_eps_check(network, data) -> None:
     binarized = Rounding(network, levels=1).eval()
     x, y = data
     correct = binarized(x).argmax(dim=1) == y
-    accuracy, findings = large_eps_check(binarized, x[correct], y[correct],
-                                         input_range=(0.0, 1.0))
+    accuracy, findings = large_eps_check(binarized, x[correct], y[correct], input_range=(0.0, 1.0))
     assert accuracy > 0.5
     assert [f.code for f in findings] == ["not_broken_at_large_eps"]

@@ -15,8 +15,8 @@ import pytest
 from PIL import Image
 
 from tests.e2e.conftest import LiveService
-from tests.model_files import digits_onnx, meta
 from tests.e2e.test_service import FINAL, upload_model
+from tests.model_files import digits_onnx, meta
 
 pytestmark = pytest.mark.e2e
 
@@ -37,27 +37,45 @@ def _browser(tmp_path: Path):  # type: ignore[no-untyped-def]
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--window-size=1200,4000",
-                 f"--user-data-dir={tmp_path / 'chrome-profile'}"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1200,4000",
+        f"--user-data-dir={tmp_path / 'chrome-profile'}",
+    ):
         options.add_argument(flag)
     return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
 
 
 def _pixels_near(image: Image.Image, colour: tuple[int, int, int], tolerance: int = 40) -> int:
     rgb = image.convert("RGB")
-    return sum(1 for pixel in rgb.get_flattened_data()
-               if all(abs(a - b) <= tolerance for a, b in zip(pixel, colour, strict=True)))
+    return sum(
+        1
+        for pixel in rgb.get_flattened_data()
+        if all(abs(a - b) <= tolerance for a, b in zip(pixel, colour, strict=True))
+    )
 
 
-def test_report_renders_plots_and_gallery_in_chromium(live_service: LiveService,
-                                                      tmp_path: Path) -> None:
+def test_report_renders_plots_and_gallery_in_chromium(
+    live_service: LiveService, tmp_path: Path
+) -> None:
     model = upload_model(live_service, digits_onnx(), meta("onnx"), "digits.onnx")
-    spec = {"kind": "audit", "model_id": model["id"], "limit": 120,
-            "attacks": [{"name": "fgsm", "eps": [0.05, 0.1, 0.2]},
-                        {"name": "pgd", "eps": [0.05, 0.1, 0.2], "steps": 10}],
-            "gate": {"min_robust_accuracy": [{"attack": "pgd", "eps": 0.1, "value": 0.9}]}}
+    spec = {
+        "kind": "audit",
+        "model_id": model["id"],
+        "limit": 120,
+        "attacks": [
+            {"name": "fgsm", "eps": [0.05, 0.1, 0.2]},
+            {"name": "pgd", "eps": [0.05, 0.1, 0.2], "steps": 10},
+        ],
+        "gate": {"min_robust_accuracy": [{"attack": "pgd", "eps": 0.1, "value": 0.9}]},
+    }
     with live_service.client() as client:
         job_id = client.post("/v1/jobs", json=spec).json()["id"]
     job = live_service.wait_for(f"/v1/jobs/{job_id}", lambda j: j["status"] in FINAL)
@@ -73,16 +91,19 @@ def test_report_renders_plots_and_gallery_in_chromium(live_service: LiveService,
         assert "FAILED" in page  # the gate asked for 90% at eps 0.1
         charts = driver.find_elements("css selector", "svg.line-chart")
         bars = driver.find_elements("css selector", "svg.bar-chart")
-        assert charts and bars
+        assert charts
+        assert bars
         decoded = driver.execute_script(
             "return [...document.querySelectorAll('.gallery img')]"
-            ".filter(i => i.complete && i.naturalWidth > 0).length")
+            ".filter(i => i.complete && i.naturalWidth > 0).length"
+        )
         assert decoded >= 9  # at least three examples: clean, perturbation, adversarial
 
         screenshot = Image.open(io.BytesIO(driver.get_screenshot_as_png()))
         chart = Image.open(io.BytesIO(charts[0].screenshot_as_png))
-        gallery = Image.open(io.BytesIO(
-            driver.find_element("css selector", ".gallery").screenshot_as_png))
+        gallery = Image.open(
+            io.BytesIO(driver.find_element("css selector", ".gallery").screenshot_as_png)
+        )
     finally:
         driver.quit()
 

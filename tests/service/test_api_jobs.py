@@ -237,3 +237,86 @@ def test_chunked_body_over_the_cap_is_413(client: TestClient, tenant) -> None:
     )
     assert response.status_code == 413
     assert response.json()["code"] == "too_large"
+
+
+def test_presets_and_strong_attacks_are_accepted(client: TestClient, tenant, model_id) -> None:
+    for change in (
+        {"attacks": None, "preset": "quick", "eps": [0.1]},
+        {"attacks": None, "preset": "standard", "norm": "l2", "eps": [0.5]},
+        {"attacks": None},  # the default: autoattack at 8/255
+        {
+            "attacks": [
+                {"name": "autoattack", "eps": [0.1], "steps": 20, "queries": 300},
+                {"name": "apgd-t", "eps": [0.1]},
+                {"name": "square", "norm": "l2", "eps": [0.5]},
+                {"name": "pgd", "eps": [0.1], "target": "least_likely"},
+                {"name": "mifgsm", "eps": [0.1], "target": 3},
+            ]
+        },
+    ):
+        spec = {k: v for k, v in audit_spec(model_id, **change).items() if v is not None}
+        response = submit(client, tenant.headers, spec)
+        assert response.status_code == 202, (change, response.text)
+
+
+def test_preset_gate_refers_to_preset_attacks(client: TestClient, tenant, model_id) -> None:
+    spec = audit_spec(
+        model_id,
+        preset="quick",
+        eps=[0.1],
+        gate={"min_robust_accuracy": [{"attack": "pgd", "eps": 0.1, "value": 0.3}]},
+    )
+    del spec["attacks"]
+    assert submit(client, tenant.headers, spec).status_code == 202
+    spec["gate"]["min_robust_accuracy"][0]["attack"] = "autoattack"
+    response = submit(client, tenant.headers, spec)
+    assert response.status_code == 422
+    assert "matches no attack" in response.json()["detail"]
+
+
+def test_attacks_and_preset_together_are_422(client: TestClient, tenant, model_id) -> None:
+    response = submit(client, tenant.headers, audit_spec(model_id, preset="quick"))
+    assert response.status_code == 422
+    assert "either 'attacks' or 'preset'" in response.json()["detail"]
+
+
+def test_target_class_beyond_the_model_is_422(client: TestClient, tenant, model_id) -> None:
+    response = submit(
+        client,
+        tenant.headers,
+        audit_spec(model_id, attacks=[{"name": "pgd", "eps": [0.1], "target": 10}]),
+    )
+    assert response.status_code == 422
+    assert response.json()["errors"][0]["field"] == "attacks[0].target"
+
+
+def test_report_link_opens_the_report_without_the_key(client: TestClient, make_tenant) -> None:
+    owner, other = make_tenant(), make_tenant()
+    job = submit(client, owner.headers, audit_spec(model_row(owner.id))).json()
+    other_job = submit(client, other.headers, audit_spec(model_row(other.id))).json()
+    link = client.post(f"/v1/jobs/{job['id']}/report-link", headers=owner.headers).json()
+    assert link["url"].startswith("http")
+    assert "token=" in link["url"]
+    page = client.get(link["url"])
+    assert page.status_code == 200
+    assert job["id"] in page.text
+    token = link["url"].split("token=")[1]
+    # The token opens that one job only; a forged or missing one is refused.
+    assert (
+        client.get(f"/v1/jobs/{other_job['id']}/report", params={"token": token}).status_code == 404
+    )
+    forged = token[:-4] + ("0000" if not token.endswith("0000") else "1111")
+    assert client.get(f"/v1/jobs/{job['id']}/report", params={"token": forged}).status_code == 404
+    assert client.get(f"/v1/jobs/{job['id']}/report").status_code == 401
+    assert (
+        client.post(f"/v1/jobs/{job['id']}/report-link", headers=other.headers).status_code == 404
+    )
+
+
+def test_expired_report_link_is_refused(client: TestClient, tenant, model_id) -> None:
+    from service.security import report_token
+
+    job = submit(client, tenant.headers, audit_spec(model_id)).json()
+    expired = report_token(tenant.id, job["id"], 1_000_000)
+    response = client.get(f"/v1/jobs/{job['id']}/report", params={"token": expired})
+    assert response.status_code == 404

@@ -220,3 +220,54 @@ def test_cancelling_a_running_audit_stops_it(settings, ready_model) -> None:
     job = job_row(job_id)
     assert job.status == JobStatus.CANCELLED
     assert job.result is None
+
+
+def test_autoattack_preset_audit_with_checks_and_artifact(settings, ready_model) -> None:
+    import io
+
+    import numpy as np
+
+    from service.storage import get_store
+
+    tenant, model_id = ready_model
+    spec = audit_spec(
+        model_id,
+        limit=80,
+        attacks=[
+            {"name": "fgsm", "eps": [0.05, 0.1]},
+            {
+                "name": "autoattack",
+                "eps": [0.1, 0.05],
+                "steps": 15,
+                "queries": 200,
+                "target_classes": 3,
+            },
+        ],
+    )
+    job_id = queued_job(settings, tenant.id, spec)
+    assert execute_job(job_id) == "succeeded"
+    result = job_row(job_id).result
+    autoattack = [a for a in result["attacks"] if a["name"] == "autoattack"]
+    assert [a["eps"] for a in autoattack] == [0.05, 0.1]  # sorted into a curve
+    assert [c["name"] for c in autoattack[1]["components"]] == ["apgd-ce", "apgd-t", "square"]
+    assert result["curves"][1] == {
+        "attack": "autoattack",
+        "norm": "linf",
+        "eps": [0.05, 0.1],
+        "robust_accuracy": [a["robust_accuracy"] for a in autoattack],
+    }
+    assert {n["eps"] for n in result["noise_baseline"]} == {0.05, 0.1}
+    assert result["large_eps_accuracy"] is not None
+    assert result["warnings"] == []
+    assert len(result["attacks"][0]["confusion"]) == 10
+
+    (artifact,) = result["artifacts"]
+    assert artifact["name"] == "per_sample.npz"
+    with session_scope() as session:
+        (row,) = repository.list_artifacts(session, job_id)
+        assert row.sha256 == artifact["sha256"]
+    with np.load(io.BytesIO(get_store().read_bytes(artifact["sha256"]))) as arrays:
+        assert arrays["indices"].shape == (80,)
+        assert arrays["adversarial_linf"].shape == (80, 1, 8, 8)
+        fell = arrays["fell_at_linf"]
+        assert set(np.unique(fell[np.isfinite(fell)])) <= {0.0, 0.05, 0.1}

@@ -35,7 +35,6 @@ from worker.lease import Lease
 from worker.loading import load_examples, load_user_model, select_device, subset
 
 
-
 def attack_configs(spec: AuditSpec) -> list[AttackConfig]:
     """One engine configuration per attack and eps: attacks in the order of the spec, each
     one's eps ascending (a curve; ensembles carry fooled examples to larger eps)."""
@@ -50,15 +49,18 @@ def curves(evaluation: EvaluationResult) -> list[Curve]:
     """Robust accuracy against eps, one curve per attack family."""
     families: dict[tuple[str, str, str], Curve] = {}
     for outcome in evaluation.outcomes:
-        curve = families.setdefault(outcome.config.family, Curve(
-            attack=outcome.config.name, norm=outcome.config.norm, eps=[], robust_accuracy=[]))
+        curve = families.setdefault(
+            outcome.config.family,
+            Curve(attack=outcome.config.name, norm=outcome.config.norm, eps=[], robust_accuracy=[]),
+        )
         curve.eps.append(outcome.config.eps)
         curve.robust_accuracy.append(outcome.robust_accuracy)
     return list(families.values())
 
 
-def per_sample_npz(evaluation: EvaluationResult, indices: np.ndarray, x: np.ndarray,
-                   y: np.ndarray) -> bytes:
+def per_sample_npz(
+    evaluation: EvaluationResult, indices: np.ndarray, x: np.ndarray, y: np.ndarray
+) -> bytes:
     """The per-example export: dataset indices, clean inputs, labels, clean predictions and,
     per norm, the smallest eps at which each example fell, that adversarial input and its
     prediction."""
@@ -103,8 +105,12 @@ def audit_result(
             max_perturbation_norm=o.max_perturbation_norm,
             per_class_accuracy=o.per_class_accuracy,
             confusion=o.confusion,
-            components=[ComponentResult(name=c.name, robust_accuracy=c.robust_accuracy,
-                                        seconds=round(c.seconds, 4)) for c in o.components],
+            components=[
+                ComponentResult(
+                    name=c.name, robust_accuracy=c.robust_accuracy, seconds=round(c.seconds, 4)
+                )
+                for c in o.components
+            ],
             seconds=round(o.seconds, 4),
         )
         for o in evaluation.outcomes
@@ -121,12 +127,14 @@ def audit_result(
         attacks=attacks,
         curves=curves(evaluation),
         worst_case=[
-            WorstCaseResult(norm=w.norm, eps=w.eps, attacks=w.attacks,
-                            robust_accuracy=w.robust_accuracy)
+            WorstCaseResult(
+                norm=w.norm, eps=w.eps, attacks=w.attacks, robust_accuracy=w.robust_accuracy
+            )
             for w in evaluation.worst_cases
         ],
-        noise_baseline=[NoiseResult(norm=n.norm, eps=n.eps, accuracy=n.accuracy)
-                        for n in evaluation.noise],
+        noise_baseline=[
+            NoiseResult(norm=n.norm, eps=n.eps, accuracy=n.accuracy) for n in evaluation.noise
+        ],
         large_eps_accuracy=large_eps_accuracy,
         warnings=[Warning_(code=f.code, message=f.message) for f in findings],
         gate=gate_for(spec, evaluation.clean_accuracy, attacks),
@@ -170,7 +178,10 @@ class AuditRunner:
             findings += model_checks(model, x, y, device=device)
 
         evaluation = evaluate(
-            model, x, y, attack_configs(spec),
+            model,
+            x,
+            y,
+            attack_configs(spec),
             num_classes=model_row.num_classes,
             input_range=input_range,
             batch_size=spec.batch_size or settings.eval_batch_size,
@@ -185,24 +196,48 @@ class AuditRunner:
             correct = evaluation.clean_correct
             if correct.any():
                 large_eps_accuracy, large_eps_findings = large_eps_check(
-                    model, x[correct], y[correct], input_range=input_range, device=device,
-                    seed=spec.seed)
+                    model,
+                    x[correct],
+                    y[correct],
+                    input_range=input_range,
+                    device=device,
+                    seed=spec.seed,
+                )
                 findings += large_eps_findings
 
-        artifacts = [store_artifact(store, PER_SAMPLE_ARTIFACT,
-                                    per_sample_npz(evaluation, indices, x.numpy(), y.numpy()),
-                                    "application/octet-stream")]
-        result = audit_result(spec, evaluation, device=str(device),
-                              seconds=time.perf_counter() - started, findings=findings,
-                              large_eps_accuracy=large_eps_accuracy, artifacts=artifacts)
+        artifacts = [
+            store_artifact(
+                store,
+                PER_SAMPLE_ARTIFACT,
+                per_sample_npz(evaluation, indices, x.numpy(), y.numpy()),
+                "application/octet-stream",
+            )
+        ]
+        result = audit_result(
+            spec,
+            evaluation,
+            device=str(device),
+            seconds=time.perf_counter() - started,
+            findings=findings,
+            large_eps_accuracy=large_eps_accuracy,
+            artifacts=artifacts,
+        )
         return result.model_dump(mode="json")
 
     def on_success(self, session: Session, job: Job, result: dict[str, Any]) -> None:
         for artifact in result.get("artifacts", []):
-            jobs.add_artifact(session, Artifact(
-                id=new_id("a"), tenant_id=job.tenant_id, job_id=job.id, name=artifact["name"],
-                sha256=artifact["sha256"], size=artifact["size"],
-                content_type=artifact["content_type"]))
+            jobs.add_artifact(
+                session,
+                Artifact(
+                    id=new_id("a"),
+                    tenant_id=job.tenant_id,
+                    job_id=job.id,
+                    name=artifact["name"],
+                    sha256=artifact["sha256"],
+                    size=artifact["size"],
+                    content_type=artifact["content_type"],
+                ),
+            )
 
     def on_failure(self, session: Session, job: Job, error: dict[str, Any]) -> None:
         return None
