@@ -197,7 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
         "(default %(default)s)",
     )
     audit.add_argument("--split", choices=("test", "train"), default="test")
-    audit.add_argument("--limit", type=_positive_int, help="audit a seeded subset of N examples")
+    audit.add_argument(
+        "--limit", type=_positive_int, metavar="N", help="audit a seeded subset of N examples"
+    )
     audit.add_argument("--seed", type=int, default=0)
     audit.add_argument("--batch-size", type=_positive_int, metavar="N")
     audit.add_argument(
@@ -292,7 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
         actions = group.add_subparsers(dest="action", metavar="ACTION", required=True)
         listing = actions.add_parser("list", help=f"list {noun}, newest first")
         _add_connection_options(listing, top_level=False)
-        listing.add_argument("--limit", type=_positive_int, default=20, help="at most N (200)")
+        listing.add_argument(
+            "--limit", type=_positive_int, default=20, metavar="N", help="how many (at most 200)"
+        )
         listing.add_argument("--cursor", help="the next page (printed after a full page)")
         listing.add_argument("--format", choices=("table", "json"), default="table")
         if filters:

@@ -260,3 +260,14 @@ def test_runs_as_a_module() -> None:
     )
     assert result.returncode == 2
     assert "--meta" in result.stderr
+
+
+def test_connection_options_go_before_or_after_the_command() -> None:
+    parser = client.cli.build_parser()
+    assert parser.parse_args(["--server", "http://a", "jobs", "list"]).server == "http://a"
+    assert parser.parse_args(["jobs", "list", "--server", "http://b"]).server == "http://b"
+    after = parser.parse_args(
+        ["--server", "http://a", "audit", "m", "--meta", "x", "--server", "http://b"]
+    )
+    assert after.server == "http://b"
+    assert parser.parse_args(["jobs", "list"]).server is None
