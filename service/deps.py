@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Header
 from sqlalchemy.orm import Session
 
-from service.database import get_sessionmaker, run_after_commit
+from service.database import session_scope
 from service.problems import ProblemError
 from service.settings import Settings, get_settings
 from service.tenants.service import Principal, authenticate
@@ -20,16 +20,8 @@ def get_session() -> Iterator[Session]:
     Callbacks registered with ``service.database.after_commit`` run once the commit
     succeeded (a job id must not reach the broker before its row is visible to workers).
     """
-    session = get_sessionmaker()()
-    try:
+    with session_scope() as session:
         yield session
-        session.commit()
-        run_after_commit(session)
-    except BaseException:
-        session.rollback()
-        raise
-    finally:
-        session.close()
 
 
 SessionDep = Annotated[Session, Depends(get_session)]

@@ -7,12 +7,15 @@ digest, check, delete); :class:`LocalArtifactStore` keeps the bytes in a folder.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import shutil
 import tempfile
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import BinaryIO
+
+from service.settings import get_settings
 
 _CHUNK = 1 << 20
 
@@ -45,8 +48,6 @@ class ArtifactStore(ABC):
 
     def put_bytes(self, data: bytes) -> tuple[str, int]:
         """Store ``data``; return ``(sha256, size)``."""
-        import io
-
         return self.put_stream(io.BytesIO(data))
 
     def read_bytes(self, sha256: str) -> bytes:
@@ -110,8 +111,6 @@ class LocalArtifactStore(ArtifactStore):
 
 def get_store() -> ArtifactStore:
     """The artifact store the settings describe."""
-    from service.settings import get_settings
-
     settings = get_settings()
     assert settings.artifact_dir is not None
     return LocalArtifactStore(settings.artifact_dir)

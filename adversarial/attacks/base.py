@@ -73,14 +73,10 @@ class Attack(ABC):
         The loss is summed, not averaged, so an example's gradient does not depend on which
         other examples share its batch.
         """
-        x_adv = x_adv.detach().requires_grad_(True)
-        with torch.enable_grad():
-            logits = self.model(x_adv)
-            loss = nn.functional.cross_entropy(logits, y, reduction="sum")
-            (grad,) = torch.autograd.grad(loss, x_adv)
-        if self.on_step is not None:
-            self.on_step(x_adv.shape[0])
-        return grad.detach(), logits.detach()
+        grad, logits, _ = self.objective_gradient(
+            x_adv, lambda logits: nn.functional.cross_entropy(logits, y, reduction="none")
+        )
+        return grad, logits
 
     def objective_gradient(
         self, x_adv: torch.Tensor, objective: Objective

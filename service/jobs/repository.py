@@ -11,7 +11,7 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import CursorResult, or_, select, update
+from sqlalchemy import CursorResult, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from service.tables import Artifact, Job, JobStatus
@@ -234,7 +234,5 @@ def unsent_queued(session: Session, sent_before: dt.datetime, limit: int = 100) 
 
 def count_by_status(session: Session) -> dict[str, int]:
     """How many jobs are in each status (metrics)."""
-    from sqlalchemy import func
-
     rows = session.execute(select(Job.status, func.count()).group_by(Job.status)).all()
     return dict(rows)

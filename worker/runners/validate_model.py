@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from adversarial.models.loading import check_model
-from service.database import utcnow
+from service.database import session_scope, utcnow
 from service.models import repository as models
 from service.settings import get_settings
 from service.storage import get_store
@@ -22,8 +22,6 @@ class ValidateModelRunner:
 
     def run(self, job: Job, lease: Lease) -> dict[str, Any]:
         settings = get_settings()
-        from service.database import session_scope
-
         with session_scope() as session:
             row = models.get_any(session, job.spec["model_id"])
         if row is None:
