@@ -265,6 +265,7 @@ def main() -> None:
         args.eps_32,
         device,
         args.quick,
+        not args.no_autoattack,
     )
 
 
