@@ -24,7 +24,10 @@ def get_session() -> Iterator[Session]:
         yield session
 
 
-SessionDep = Annotated[Session, Depends(get_session)]
+# scope="function": commit before the response goes out. With the default, FastAPI ends a
+# yield dependency after sending the response, so a client could read a 202's job id and
+# get a 404 for it, or get a 202 for a job whose commit then failed.
+SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 

@@ -78,14 +78,14 @@ class PGD(TargetableAttack):
             if remaining.numel() == 0:
                 break
             last = restart == self.restarts - 1
-            x_adv, fooled_here = self._run(x[remaining], labels[remaining],
-                                           check_final=not last)
+            x_adv, fooled_here = self._run(x[remaining], labels[remaining], check_final=not last)
             best[remaining] = x_adv
             fooled[remaining] = fooled_here
         return best
 
-    def _run(self, x: torch.Tensor, y: torch.Tensor, *, check_final: bool = True
-             ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _run(
+        self, x: torch.Tensor, y: torch.Tensor, *, check_final: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """One restart: the adversarial inputs and which of them reach the goal.
 
         ``y`` holds the loss labels: the true labels, or the targets of a targeted attack.

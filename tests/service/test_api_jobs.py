@@ -320,3 +320,53 @@ def test_expired_report_link_is_refused(client: TestClient, tenant, model_id) ->
     expired = report_token(tenant.id, job["id"], 1_000_000)
     response = client.get(f"/v1/jobs/{job['id']}/report", params={"token": expired})
     assert response.status_code == 404
+
+
+def test_a_created_job_is_committed_before_the_response_is_sent(settings, tenant, model_id) -> None:
+    """Drive the ASGI app directly and look in the database the moment the body is sent."""
+    import asyncio
+    import json
+
+    from sqlalchemy import create_engine, text
+
+    from service.app import create_app
+
+    app = create_app()
+    body = json.dumps(audit_spec(model_id)).encode()
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/jobs",
+        "raw_path": b"/v1/jobs",
+        "query_string": b"",
+        "root_path": "",
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+        "headers": [
+            (b"authorization", tenant.headers["Authorization"].encode()),
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+        ],
+    }
+    engine = create_engine(settings.database_url)
+    seen: list[tuple[str, int]] = []
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: dict) -> None:
+        if message["type"] == "http.response.body" and message.get("body"):
+            job_id = json.loads(message["body"])["id"]
+            with engine.connect() as connection:
+                rows = connection.execute(
+                    text("SELECT count(*) FROM jobs WHERE id = :id"), {"id": job_id}
+                ).scalar_one()
+            seen.append((job_id, rows))
+
+    asyncio.run(app(scope, receive, send))
+    engine.dispose()
+    assert len(seen) == 1
+    assert seen[0][1] == 1, "the job was not committed when its 202 went out"
