@@ -131,6 +131,30 @@ def _describe_run(outcome: Outcome) -> str:
     return text
 
 
+def accuracy_table(outcome: Outcome) -> tuple[list[str], list[list[str]]]:
+    """Headers and formatted rows of the accuracy table (with baseline columns if any)."""
+    with_baseline = outcome.baseline_job is not None
+    headers = ["attack", "norm", "eps", "accuracy", "success rate"]
+    if with_baseline:
+        headers += ["baseline", "change"]
+    table = []
+    for row in accuracy_rows(outcome):
+        cells = [
+            row["attack"],
+            row["norm"],
+            row["eps"],
+            pct(row["accuracy"]),
+            "" if row["success_rate"] is None else pct(row["success_rate"]),
+        ]
+        if with_baseline:
+            cells += [
+                "" if row["baseline"] is None else pct(row["baseline"]),
+                "" if row["change"] is None else points(row["change"]),
+            ]
+        table.append(cells)
+    return headers, table
+
+
 def summary_text(outcome: Outcome) -> str:
     """The human summary printed at the end of a run."""
     lines: list[str] = []
@@ -143,27 +167,8 @@ def summary_text(outcome: Outcome) -> str:
             f"  baseline: model {outcome.baseline_model_id}, job {outcome.baseline_job['id']} "
             f"({outcome.baseline_job['status']})"
         )
-    rows = accuracy_rows(outcome)
-    if rows:
-        with_baseline = outcome.baseline_job is not None
-        headers = ["attack", "norm", "eps", "accuracy", "success rate"]
-        if with_baseline:
-            headers += ["baseline", "change"]
-        table = []
-        for row in rows:
-            cells = [
-                row["attack"],
-                row["norm"],
-                row["eps"],
-                pct(row["accuracy"]),
-                "" if row["success_rate"] is None else pct(row["success_rate"]),
-            ]
-            if with_baseline:
-                cells += [
-                    "" if row["baseline"] is None else pct(row["baseline"]),
-                    "" if row["change"] is None else points(row["change"]),
-                ]
-            table.append(cells)
+    headers, table = accuracy_table(outcome)
+    if table:
         lines += ["", format_table(headers, table)]
     if outcome.checks:
         failed = [c for c in outcome.checks if not c.passed]
@@ -282,31 +287,14 @@ def markdown(outcome: Outcome) -> str:
     problem = outcome.problem()
     if problem is not None:
         lines += ["", f"**Error:** {_md(problem)}"]
-    rows = accuracy_rows(outcome)
-    if rows:
-        with_baseline = outcome.baseline_job is not None
-        headers = ["attack", "norm", "eps", "accuracy", "success rate"]
-        if with_baseline:
-            headers += ["baseline", "change"]
+    headers, table = accuracy_table(outcome)
+    if table:
         lines += [
             "",
             "| " + " | ".join(headers) + " |",
             "|" + "|".join(["---"] * 3 + ["---:"] * (len(headers) - 3)) + "|",
         ]
-        for row in rows:
-            cells = [
-                row["attack"],
-                row["norm"],
-                row["eps"],
-                pct(row["accuracy"]),
-                "" if row["success_rate"] is None else pct(row["success_rate"]),
-            ]
-            if with_baseline:
-                cells += [
-                    "" if row["baseline"] is None else pct(row["baseline"]),
-                    "" if row["change"] is None else points(row["change"]),
-                ]
-            lines.append("| " + " | ".join(_md(c) for c in cells) + " |")
+        lines += ["| " + " | ".join(_md(c) for c in cells) + " |" for cells in table]
     if outcome.checks:
         lines += ["", "| check | condition | value | result |", "|---|---|---:|---|"]
         for check in outcome.checks:

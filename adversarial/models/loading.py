@@ -237,10 +237,10 @@ def _load_onnx(data: bytes, spec: ModelSpec, *, max_bytes: int) -> nn.Module:
 
 
 def _read_safetensors(data: bytes) -> dict[str, torch.Tensor]:
-    import safetensors.torch
+    from safetensors.torch import load as parse_safetensors
 
     try:
-        return dict(safetensors.torch.load(data))
+        return dict(parse_safetensors(data))
     except Exception as error:  # the parser's error types vary by version
         raise ModelFormatError(
             "safetensors_invalid",
