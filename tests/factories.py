@@ -8,8 +8,11 @@ from typing import Any
 import numpy as np
 
 from service.database import session_scope
+from service.jobs import repository as jobs
+from service.jobs.service import create_job
+from service.settings import Settings
 from service.storage import get_store
-from service.tables import Dataset, Model, ModelStatus, new_id
+from service.tables import Dataset, Job, Model, ModelStatus, new_id
 
 
 def model_row(
@@ -79,3 +82,23 @@ def audit_spec(model_id: str, **overrides: Any) -> dict[str, Any]:
     }
     spec.update(overrides)
     return spec
+
+
+def queued_job(settings: Settings, tenant_id: str, spec: dict[str, Any]) -> str:
+    """Create a queued job (handed to the broker as the API would) and return its id."""
+    with session_scope() as session:
+        job = create_job(
+            session,
+            tenant_id=tenant_id,
+            kind=spec["kind"],
+            spec=spec,
+            model_id=spec.get("model_id"),
+            settings=settings,
+        )
+        return job.id
+
+
+def job_row(job_id: str) -> Job | None:
+    """A job's row as it is in the database now."""
+    with session_scope() as session:
+        return jobs.get_any(session, job_id)

@@ -252,7 +252,11 @@ def test_a_progress_callback_can_abort(model, data) -> None:
             raise Stop
 
     model.train()
-    with pytest.raises(Stop):
-        evaluate(model, *data, [AttackConfig("pgd", "linf", 0.1)], num_classes=10, progress=stop)
-    assert model.training
-    model.eval()
+    try:
+        with pytest.raises(Stop):
+            evaluate(
+                model, *data, [AttackConfig("pgd", "linf", 0.1)], num_classes=10, progress=stop
+            )
+        assert model.training
+    finally:
+        model.eval()  # the model is shared by every engine test

@@ -12,31 +12,12 @@ from adversarial.evaluation import AttackConfig, evaluate
 from adversarial.models.loading import ModelSpec, load_model
 from service.database import session_scope, utcnow
 from service.jobs import repository
-from service.jobs.service import create_job
 from service.models import repository as models
 from service.tables import JobStatus, ModelStatus
-from tests.factories import audit_spec, model_row
+from tests.factories import audit_spec, job_row, model_row, queued_job
 from tests.model_files import digits_onnx, digits_small_cnn_safetensors, malicious_pt
 from worker.execution import execute_job
 from worker.lease import Lease
-
-
-def queued_job(settings, tenant_id: str, spec: dict) -> str:
-    with session_scope() as session:
-        job = create_job(
-            session,
-            tenant_id=tenant_id,
-            kind=spec["kind"],
-            spec=spec,
-            model_id=spec.get("model_id"),
-            settings=settings,
-        )
-        return job.id
-
-
-def job_row(job_id: str):
-    with session_scope() as session:
-        return repository.get_any(session, job_id)
 
 
 def model_status(model_id: str):

@@ -9,7 +9,7 @@ from service.jobs import repository
 from service.jobs.service import create_job
 from service.models import repository as models
 from service.tables import JobStatus, ModelStatus
-from tests.factories import audit_spec, model_row
+from tests.factories import audit_spec, job_row, model_row, queued_job
 from worker.reconciler import reconcile_once
 
 
@@ -22,27 +22,16 @@ def running_job(
     cancel: bool = False,
     expired: bool = True,
 ) -> str:
+    job_id = queued_job(settings, tenant_id, spec)
     with session_scope() as session:
-        job = create_job(
-            session,
-            tenant_id=tenant_id,
-            kind=spec["kind"],
-            spec=spec,
-            model_id=spec.get("model_id"),
-            settings=settings,
-        )
+        job = repository.get_any(session, job_id)
         job.status = JobStatus.RUNNING
         job.attempt = attempt
         job.lease_owner = "dead-worker"
         delta = dt.timedelta(seconds=-5 if expired else 60)
         job.lease_expires_at = utcnow() + delta
         job.cancel_requested = cancel
-        return job.id
-
-
-def job(job_id: str):
-    with session_scope() as session:
-        return repository.get_any(session, job_id)
+    return job_id
 
 
 def test_expired_job_is_requeued_and_resent(settings, make_tenant) -> None:
@@ -51,7 +40,7 @@ def test_expired_job_is_requeued_and_resent(settings, make_tenant) -> None:
     counts = reconcile_once(settings)
     assert counts["requeued"] == 1
     assert counts["resent"] >= 1
-    row = job(job_id)
+    row = job_row(job_id)
     assert row.status == JobStatus.QUEUED
     assert row.lease_owner is None
     assert row.enqueued_at is not None  # handed to the broker again
@@ -64,7 +53,7 @@ def test_live_lease_is_left_alone(settings, make_tenant) -> None:
         settings, tenant.id, audit_spec(model_row(tenant.id)), attempt=1, expired=False
     )
     assert reconcile_once(settings)["requeued"] == 0
-    assert job(job_id).status == JobStatus.RUNNING
+    assert job_row(job_id).status == JobStatus.RUNNING
 
 
 def test_job_out_of_attempts_fails(settings, make_tenant) -> None:
@@ -73,7 +62,7 @@ def test_job_out_of_attempts_fails(settings, make_tenant) -> None:
         settings, tenant.id, audit_spec(model_row(tenant.id)), attempt=settings.max_attempts
     )
     assert reconcile_once(settings)["failed"] == 1
-    row = job(job_id)
+    row = job_row(job_id)
     assert row.status == JobStatus.FAILED
     assert row.error["code"] == "worker_lost"
     assert row.finished_at is not None
@@ -101,7 +90,7 @@ def test_expired_job_with_cancel_requested_is_cancelled(settings, make_tenant) -
         settings, tenant.id, audit_spec(model_row(tenant.id)), attempt=1, cancel=True
     )
     assert reconcile_once(settings)["cancelled"] == 1
-    assert job(job_id).status == JobStatus.CANCELLED
+    assert job_row(job_id).status == JobStatus.CANCELLED
 
 
 def test_job_never_sent_is_resent(settings, make_tenant, monkeypatch) -> None:
@@ -117,7 +106,7 @@ def test_job_never_sent_is_resent(settings, make_tenant, monkeypatch) -> None:
                 spec=audit_spec(model_row(tenant.id)),
                 settings=settings,
             ).id
-    assert job(job_id).enqueued_at is None
+    assert job_row(job_id).enqueued_at is None
     assert reconcile_once(settings)["resent"] == 1
-    assert job(job_id).enqueued_at is not None
+    assert job_row(job_id).enqueued_at is not None
     assert reconcile_once(settings)["resent"] == 0  # sent recently: not again yet
