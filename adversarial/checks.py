@@ -18,7 +18,9 @@ from torch import nn
 
 from adversarial.attacks import make_attack
 from adversarial.evaluation import AttackOutcome, EvaluationResult
+from adversarial.randomness import ExampleStreams
 from adversarial.threat import make_threat_model
+from adversarial.verification import verify_adversarial
 
 WHITE_BOX = frozenset({"fgsm", "rfgsm", "bim", "mifgsm", "pgd", "apgd-ce", "apgd-t"})
 ITERATIVE = frozenset({"bim", "mifgsm", "pgd", "apgd-ce", "apgd-t", "autoattack"})
@@ -140,6 +142,15 @@ def result_checks(result: EvaluationResult) -> list[Finding]:
     findings += _iterative_weaker_than_fgsm(outcomes)
     findings += _black_box_beats_white_box(outcomes)
     findings += _no_better_than_noise(result)
+    if result.non_finite_predictions:
+        findings.append(
+            Finding(
+                "non_finite_outputs",
+                f"The model's logits were NaN or infinite in {result.non_finite_predictions} "
+                "prediction(s). Such an example has no valid prediction and counts as "
+                "misclassified, clean or adversarial.",
+            )
+        )
     return findings
 
 
@@ -283,21 +294,22 @@ def large_eps_check(
     device: torch.device | str = "cpu",
     seed: int = 0,
     max_examples: int = 100,
+    example_ids: torch.Tensor | None = None,
 ) -> tuple[float, list[Finding]]:
-    """Accuracy under PGD-20 at L-inf eps = half the input range; a warning if not near 0."""
+    """Accuracy under PGD-20 at L-inf eps = half the input range; a warning if not near 0.
+
+    Runs on the first ``max_examples`` of ``x``; ``example_ids`` (default ``0..N-1``) key
+    their random starts, as in :func:`adversarial.evaluation.evaluate`.
+    """
     device = torch.device(device)
     lower, upper = input_range
     eps = (upper - lower) / 2
-    x, y = x[:max_examples].to(device), y[:max_examples].to(device)
-    generator = torch.Generator(device=device).manual_seed(seed)
-    attack = make_attack(
-        "pgd",
-        model,
-        make_threat_model("linf", eps, lower, upper),
-        {"steps": 20},
-        generator=generator,
-    )
-    x_adv = attack(x, y)
+    ids = torch.arange(x.shape[0]) if example_ids is None else example_ids
+    x, y, ids = x[:max_examples].to(device), y[:max_examples].to(device), ids[:max_examples]
+    threat = make_threat_model("linf", eps, lower, upper)
+    attack = make_attack("pgd", model, threat, {"steps": 20})
+    x_adv = attack(x, y, ExampleStreams.for_examples(seed, ids.cpu(), "large_eps"))
+    verify_adversarial(threat, x_adv, x, "large-eps check")
     with torch.no_grad():
         accuracy = float((model(x_adv).argmax(dim=1) == y).float().mean())
     if accuracy <= LARGE_EPS_MAX_ACCURACY:

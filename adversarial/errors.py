@@ -18,3 +18,8 @@ class ModelFormatError(EngineInputError):
 
 class DatasetError(EngineInputError):
     """A dataset that cannot be used as declared."""
+
+
+class EngineCheckError(RuntimeError):
+    """The engine caught itself producing something it must not report (an adversarial
+    example outside its ball, a non-finite input): a bug, never a number."""

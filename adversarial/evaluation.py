@@ -7,6 +7,13 @@ components cheapest first on the points every earlier component failed on, and c
 example fooled at a smaller eps over to the larger ones (its adversarial input lies inside
 the larger ball too). The per-example worst case over all attacks of a norm is reported per
 eps, and is non-increasing in eps by the same argument.
+
+Every adversarial input is checked before it counts (finite, inside its ball and the input
+range; :mod:`adversarial.verification`) and predicted in a fresh forward pass. A prediction
+whose logits are not all finite is no prediction: the example counts as misclassified.
+Randomness is drawn per example (:class:`~adversarial.randomness.ExampleStreams`, keyed by
+the seed and each example's id), so the numbers do not depend on the batch size, an
+out-of-memory halving, a shard or the device.
 """
 
 from __future__ import annotations
@@ -21,7 +28,9 @@ import torch
 from torch import nn
 
 from adversarial.attacks import make_attack
+from adversarial.randomness import ExampleStreams
 from adversarial.threat import ThreatModel, make_threat_model
+from adversarial.verification import verify_adversarial
 
 # progress(fraction in [0, 1], stage, message). A callback may raise to abort the evaluation
 # (cancellation): the exception propagates unchanged.
@@ -150,6 +159,10 @@ class EvaluationResult:
     noise: list[NoiseOutcome]
     per_sample: list[PerSample]
     seconds: float
+    batch_size: int = 0
+    final_batch_size: int = 0
+    non_finite_predictions: int = 0
+    verification_seconds: float = 0.0
 
 
 def per_class_accuracy(
@@ -167,10 +180,20 @@ def per_class_accuracy(
 def confusion_matrix(
     y: torch.Tensor, predictions: torch.Tensor, num_classes: int
 ) -> list[list[int]]:
-    """Counts of (true class, predicted class)."""
-    flat = torch.bincount(y * num_classes + predictions, minlength=num_classes * num_classes)
+    """Counts of (true class, predicted class); examples without a valid prediction (non-finite
+    logits, prediction -1) are left out."""
+    valid = predictions >= 0
+    flat = torch.bincount(
+        y[valid] * num_classes + predictions[valid], minlength=num_classes * num_classes
+    )
     matrix: list[list[int]] = flat.view(num_classes, num_classes).tolist()
     return matrix
+
+
+def _nan_mean(values: torch.Tensor) -> float | None:
+    """The mean of the finite values, ``None`` when there are none."""
+    finite = values[torch.isfinite(values)]
+    return float(finite.mean()) if finite.numel() else None
 
 
 def _mean(mask: torch.Tensor) -> float:
@@ -255,6 +278,7 @@ class _Evaluator:
         batches: _Batches,
         seed: int,
         tracker: _Progress,
+        example_ids: torch.Tensor,
     ) -> None:
         self.model = model
         self.x = x
@@ -265,46 +289,42 @@ class _Evaluator:
         self.device = batches.device
         self.seed = seed
         self.tracker = tracker
+        self.example_ids = example_ids
+        self.non_finite_predictions = 0
+        self.verification_seconds = 0.0
         # Ensemble family -> per example, the smallest eps fooled so far and that input.
         self.carried: dict[tuple[str, str, str], dict[int, tuple[float, torch.Tensor]]] = {}
 
     @torch.inference_mode()
     def predict(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Predictions and softmax confidences, in batches on the device."""
+        """Predictions and softmax confidences, in batches on the device. A row whose logits
+        are not all finite gets prediction -1 (wrong for every label) and confidence NaN."""
         predictions = torch.empty(x.shape[0], dtype=torch.long)
         confidences = torch.empty(x.shape[0])
 
         def work(part: slice) -> None:
             logits = self.model(x[part].to(self.device)).float()
+            finite = torch.isfinite(logits).all(dim=1)
             confidence, predicted = logits.softmax(dim=1).max(dim=1)
-            predictions[part] = predicted.cpu()
-            confidences[part] = confidence.cpu()
+            predictions[part] = torch.where(finite, predicted, -1).cpu()
+            confidences[part] = torch.where(finite, confidence, torch.nan).cpu()
+            self.non_finite_predictions += int((~finite).sum())
 
         self.batches.run(x.shape[0], work)
         return predictions, confidences
 
-    def _generator(self) -> torch.Generator:
-        generator = torch.Generator(device=self.device)
-        generator.manual_seed(self.seed)
-        return generator
-
     def attack_points(
         self, name: str, threat: ThreatModel, params: Mapping[str, Any], indices: torch.Tensor
     ) -> torch.Tensor:
-        """Adversarial inputs for the examples ``indices`` (CPU), from attack ``name``."""
-        attack = make_attack(
-            name,
-            self.model,
-            threat,
-            dict(params),
-            generator=self._generator(),
-            on_step=self.tracker.advance,
-        )
+        """Adversarial inputs for the examples ``indices`` (CPU), from attack ``name``; each
+        example draws from its own stream (seed, example id, attack name)."""
+        attack = make_attack(name, self.model, threat, dict(params), on_step=self.tracker.advance)
         result = torch.empty((indices.numel(), *self.x.shape[1:]), dtype=self.x.dtype)
 
         def work(part: slice) -> None:
             batch = indices[part]
-            x_adv = attack(self.x[batch].to(self.device), self.y[batch].to(self.device))
+            random = ExampleStreams.for_examples(self.seed, self.example_ids[batch], name)
+            x_adv = attack(self.x[batch].to(self.device), self.y[batch].to(self.device), random)
             result[part] = x_adv.cpu()
 
         self.batches.run(indices.numel(), work)
@@ -323,14 +343,18 @@ class _Evaluator:
         elif attacked.numel():
             adversarial[attacked] = self.attack_points(config.name, threat, config.params, attacked)
 
-        # Only attacked points changed: predict those; the rest keep their clean prediction.
+        # Only attacked points changed: check and predict those afresh; the rest keep their
+        # clean prediction.
         adversarial_predictions = clean_predictions.clone()
         confidences = torch.zeros(self.x.shape[0])
         wrong_clean = (clean_predictions != self.y).nonzero().squeeze(1)
         if wrong_clean.numel():
             _, confidences[wrong_clean] = self.predict(self.x[wrong_clean])
         if attacked.numel():
+            checking = time.perf_counter()
+            verify_adversarial(threat, adversarial[attacked], self.x[attacked], config.label)
             predicted, confidence = self.predict(adversarial[attacked])
+            self.verification_seconds += time.perf_counter() - checking
             adversarial_predictions[attacked] = predicted
             confidences[attacked] = confidence
         norms = threat.distance(adversarial, self.x).float()
@@ -346,7 +370,7 @@ class _Evaluator:
             adversarial_predictions=adversarial_predictions,
             robust_accuracy=_mean(robust),
             success_rate=_mean(fooled[attacked]) if attacked.numel() else None,
-            mean_wrong_confidence=float(confidences[wrong].mean()) if wrong.any() else None,
+            mean_wrong_confidence=_nan_mean(confidences[wrong]),
             mean_perturbation_norm=float(norms[fooled].mean()) if fooled.any() else None,
             max_perturbation_norm=float(norms[fooled].max()) if fooled.any() else None,
             per_class_accuracy=per_class_accuracy(robust, self.y, self.num_classes),
@@ -438,17 +462,16 @@ def _planned(name: str, params: Mapping[str, Any]) -> int:
     return make_attack(name, nn.Identity(), probe, dict(params)).planned_steps()
 
 
-def noise_baseline(
-    evaluator: _Evaluator, norm: str, eps: float, generator: torch.Generator
-) -> NoiseOutcome:
-    """Accuracy under uniformly random directions of size ``eps`` (signs for L-inf)."""
+def noise_baseline(evaluator: _Evaluator, norm: str, eps: float) -> NoiseOutcome:
+    """Accuracy under uniformly random directions of size ``eps`` (signs for L-inf), drawn
+    per example."""
     x = evaluator.x
     lower, upper = evaluator.input_range
+    random = ExampleStreams.for_examples(evaluator.seed, evaluator.example_ids, "noise", norm)
     if norm == "linf":
-        signs = torch.randint(0, 2, x.shape, generator=generator).to(x.dtype) * 2 - 1
-        noisy = x + eps * signs
+        noisy = x + eps * random.signs(x.shape[1:], dtype=x.dtype, device="cpu")
     else:
-        direction = torch.randn(x.shape, generator=generator)
+        direction = random.normal(x.shape[1:], dtype=x.dtype, device="cpu")
         direction /= direction.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
         noisy = x + eps * direction
     predictions, _ = evaluator.predict(noisy.clamp(lower, upper))
@@ -467,13 +490,16 @@ def evaluate(
     device: torch.device | str = "cpu",
     seed: int = 0,
     progress: ProgressCallback | None = None,
+    example_ids: torch.Tensor | None = None,
 ) -> EvaluationResult:
     """Measure clean and robust accuracy of ``model`` on ``(x, y)`` under each attack config.
 
     ``x`` is ``[N, C, H, W]`` inside ``input_range`` on any device, ``y`` ``[N]``. Attacks run
     only on the examples the model classifies correctly on clean input, in batches on
     ``device`` (``batch_size``, or sized to the GPU's free memory, halved on out-of-memory).
-    Results depend only on the inputs and ``seed``.
+    ``example_ids`` (default ``0..N-1``; the dataset indices, for subsets and shards) key each
+    example's random stream. Results depend only on the inputs, the ids and ``seed``, not on
+    the batch size or the device.
     """
     started = time.perf_counter()
     device = torch.device(device)
@@ -483,7 +509,11 @@ def evaluate(
         x = x.detach().cpu()
         y = y.detach().cpu().long()
         batches = _Batches(initial_batch_size(batch_size, x[:1], device), device)
+        first_batch_size = batches.batch_size
         tracker = _Progress(progress, 1.0)
+        ids = torch.arange(x.shape[0]) if example_ids is None else example_ids.detach().cpu()
+        if ids.shape != (x.shape[0],):
+            raise ValueError(f"example_ids must have shape [{x.shape[0]}], got {list(ids.shape)}")
         evaluator = _Evaluator(
             model,
             x,
@@ -493,6 +523,7 @@ def evaluate(
             batches=batches,
             seed=seed,
             tracker=tracker,
+            example_ids=ids.long(),
         )
         clean_predictions, clean_confidences = evaluator.predict(x)
         clean_correct = clean_predictions == y
@@ -513,10 +544,9 @@ def evaluate(
             tracker.skip_to(end_of_attack)
 
         tracker.stage, tracker.message = "noise", "random-noise baseline"
-        noise_generator = torch.Generator().manual_seed(seed)
         noise = []
         for norm, eps in noise_keys:
-            noise.append(noise_baseline(evaluator, norm, eps, noise_generator))
+            noise.append(noise_baseline(evaluator, norm, eps))
             tracker.advance(x.shape[0])
 
         return EvaluationResult(
@@ -533,6 +563,10 @@ def evaluate(
                 evaluator, outcomes, clean_correct, clean_predictions, clean_confidences
             ),
             seconds=time.perf_counter() - started,
+            batch_size=first_batch_size,
+            final_batch_size=batches.batch_size,
+            non_finite_predictions=evaluator.non_finite_predictions,
+            verification_seconds=evaluator.verification_seconds,
         )
     finally:
         model.train(was_training)

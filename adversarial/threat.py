@@ -11,6 +11,8 @@ from abc import ABC, abstractmethod
 
 import torch
 
+from adversarial.randomness import RandomSource
+
 # Guards divisions by a gradient's norm; small enough not to change any real step.
 _TINY = 1e-12
 
@@ -39,8 +41,9 @@ class ThreatModel(ABC):
         """Return the closest point to ``x_adv`` in the ball around ``x`` and the input range."""
 
     @abstractmethod
-    def random_init(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        """Return a uniformly random point in the ball around ``x`` (clipped to the range)."""
+    def random_init(self, x: torch.Tensor, random: RandomSource) -> torch.Tensor:
+        """Return a uniformly random point in the ball around ``x`` (clipped to the range),
+        drawn from ``random`` (one row per example of ``x``)."""
 
     @abstractmethod
     def step(self, x_adv: torch.Tensor, grad: torch.Tensor, step_size: float) -> torch.Tensor:
@@ -67,8 +70,8 @@ class LinfBall(ThreatModel):
         delta = (x_adv - x).clamp(-self.eps, self.eps)
         return self.clip_range(x + delta)
 
-    def random_init(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    def random_init(self, x: torch.Tensor, random: RandomSource) -> torch.Tensor:
+        noise = random.uniform(x.shape[1:], dtype=x.dtype, device=x.device)
         return self.clip_range(x + (2 * noise - 1) * self.eps)
 
     def step(self, x_adv: torch.Tensor, grad: torch.Tensor, step_size: float) -> torch.Tensor:
@@ -89,12 +92,12 @@ class L2Ball(ThreatModel):
         factor = torch.clamp(self.eps / (norms + _TINY), max=1.0)
         return self.clip_range(x + delta * _per_example_view(factor, delta))
 
-    def random_init(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    def random_init(self, x: torch.Tensor, random: RandomSource) -> torch.Tensor:
         # Uniform in the ball: a uniform direction times a radius ~ eps * U^(1/d).
-        direction = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        direction = random.normal(x.shape[1:], dtype=x.dtype, device=x.device)
         direction = direction / _per_example_view(direction.flatten(1).norm(dim=1) + _TINY, x)
         dims = x[0].numel()
-        radius = torch.rand(x.shape[0], generator=generator, device=x.device, dtype=x.dtype)
+        radius = random.uniform((), dtype=x.dtype, device=x.device)
         radius = self.eps * radius.pow(1.0 / dims)
         return self.clip_range(x + direction * _per_example_view(radius, x))
 

@@ -7,7 +7,7 @@ import logging
 from fastapi import FastAPI
 from starlette.types import Scope
 
-from service import architectures, health
+from service import architectures, health, presets
 from service.datasets.router import router as datasets_router
 from service.jobs.router import router as jobs_router
 from service.limits import BodySizeLimit
@@ -41,7 +41,13 @@ def create_app() -> FastAPI:
         responses=problem_responses,  # type: ignore[arg-type]
     )
     install_handlers(app)
-    for router in (models_router, datasets_router, jobs_router, architectures.router):
+    for router in (
+        models_router,
+        datasets_router,
+        jobs_router,
+        architectures.router,
+        presets.router,
+    ):
         app.include_router(router)
     app.include_router(health.router)
 

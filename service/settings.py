@@ -47,7 +47,23 @@ class Settings(BaseSettings):
     max_model_bytes: int = Field(256 * 2**20, description="Largest model upload.")
     max_dataset_bytes: int = Field(512 * 2**20, description="Largest dataset upload.")
     max_json_bytes: int = Field(2**20, description="Largest JSON request body.")
-    max_examples_per_job: int = Field(100_000, description="Largest 'limit' in an audit.")
+    max_examples_per_job: int = Field(
+        100_000, description="Most examples one job may evaluate (its 'limit' or its split)."
+    )
+    max_gradients_per_job: int = Field(
+        1_000_000_000,
+        description="Most gradient evaluations (and model queries) one job may plan: examples "
+        "x eps x steps x restarts, summed over its attacks.",
+    )
+    max_result_cells: int = Field(
+        2_000_000, description="Most per-class numbers a result may hold (attacks x eps x classes)."
+    )
+    max_active_jobs_per_tenant: int = Field(
+        20, description="Queued and running jobs a tenant may have; more get 429."
+    )
+    idempotency_ttl_seconds: float = Field(
+        24 * 3600.0, description="How long an Idempotency-Key returns the job it created."
+    )
 
     lease_seconds: float = Field(60.0, description="A running job's lease; renewed by heartbeats.")
     heartbeat_seconds: float = Field(10.0, description="How often a worker renews its lease.")

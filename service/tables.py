@@ -97,6 +97,8 @@ class Model(Base):
     status: Mapped[str] = mapped_column(String(20), default=ModelStatus.VALIDATING)
     error: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
     validation_job_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    source_job_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    parent_model_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
     deleted_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
@@ -149,6 +151,8 @@ class Job(Base):
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     idempotency_key: Mapped[str | None] = mapped_column(String(255), nullable=True)
     request_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    engine_version: Mapped[str | None] = mapped_column(String(80), nullable=True)
+    parent_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
     model_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
     dataset_id: Mapped[str | None] = mapped_column(String(80), nullable=True)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
@@ -161,6 +165,8 @@ class Job(Base):
         UniqueConstraint("tenant_id", "idempotency_key", name="uq_jobs_tenant_idempotency_key"),
         Index("ix_jobs_tenant_id_id", "tenant_id", "id"),
         Index("ix_jobs_status_lease", "status", "lease_expires_at"),
+        Index("ix_jobs_parent_id", "parent_id"),
+        Index("ix_jobs_tenant_status", "tenant_id", "status"),
     )
 
 

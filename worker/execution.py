@@ -14,12 +14,25 @@ from celery.exceptions import SoftTimeLimitExceeded
 from adversarial.errors import EngineInputError
 from service.database import session_scope
 from service.jobs import repository
+from service.jobs.results import sanitized
 from service.settings import Settings, get_settings
 from service.tables import JobStatus
 from worker.lease import JobCancelled, Lease, LeaseLost
 from worker.runners import RUNNERS
 
 logger = logging.getLogger(__name__)
+
+CANCELLED_ERROR = {"code": "cancelled", "message": "cancelled by a client"}
+
+
+def non_finite_warning(where: list[str]) -> dict[str, str]:
+    """The warning a result gets when NaN or infinite numbers were written as null."""
+    shown = ", ".join(where[:5]) + (f" and {len(where) - 5} more" if len(where) > 5 else "")
+    return {
+        "code": "non_finite_values",
+        "message": f"{len(where)} number(s) of this result were NaN or infinite and are "
+        f"written as null: {shown}.",
+    }
 
 
 def execute_job(job_id: str, *, settings: Settings | None = None, owner: str | None = None) -> str:
@@ -45,9 +58,7 @@ def execute_job(job_id: str, *, settings: Settings | None = None, owner: str | N
                 raise EngineInputError("unknown_kind", f"no runner for job kind {job.kind!r}")
             result = runner.run(job, lease)
         except JobCancelled:
-            lease.finish(
-                JobStatus.CANCELLED, error={"code": "cancelled", "message": "cancelled by a client"}
-            )
+            lease.finish(JobStatus.CANCELLED, error=CANCELLED_ERROR)
             return JobStatus.CANCELLED
         except LeaseLost:
             logger.warning("job %s: lease lost; another worker owns it now", job_id)
@@ -63,13 +74,22 @@ def execute_job(job_id: str, *, settings: Settings | None = None, owner: str | N
             logger.exception("job %s failed", job_id)
             error = {"code": "internal_error", "message": f"{type(exc).__name__}: {exc}"[:2000]}
         else:
-            written = lease.finish(
+            result, where = sanitized(result)
+            if where:
+                result.setdefault("warnings", []).append(non_finite_warning(where))
+            if lease.finish(
                 JobStatus.SUCCEEDED,
                 result=result,
                 progress={"fraction": 1.0, "stage": "done", "message": "finished"},
                 also=lambda session: runner.on_success(session, job, result),
-            )
-            return JobStatus.SUCCEEDED if written else "lease_lost"
+                unless_cancelled=True,
+            ):
+                return JobStatus.SUCCEEDED
+            # A cancel that came after the last heartbeat still wins: a job a client
+            # cancelled never ends succeeded.
+            if lease.finish(JobStatus.CANCELLED, error=CANCELLED_ERROR):
+                return JobStatus.CANCELLED
+            return "lease_lost"
         hook = runner.on_failure if runner is not None else None
         written = lease.finish(
             JobStatus.FAILED,

@@ -3,6 +3,10 @@
 Every write is conditional on still holding the lease (see ``service.jobs.repository``); a
 worker that lost it (it stalled past the lease, the reconciler gave the job to another
 worker) stops at its next progress report and writes nothing more.
+
+A database that is briefly unreachable (a restart, a failover) never fails a job: progress
+writes and heartbeats that meet a connection error are tried again later, and reads and the
+final write are retried with backoff for as long as the lease lasts.
 """
 
 from __future__ import annotations
@@ -15,15 +19,21 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy.orm import Session
 
-from service.database import session_scope, utcnow
+from service.database import is_transient, session_scope, utcnow
 from service.jobs import repository
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Progress writes that meet a connection error wait this long (doubling) before the next.
+_PROGRESS_RETRY_SECONDS = 0.25
+_MAX_RETRY_SECONDS = 5.0
 
 
 class LeaseLost(Exception):
@@ -51,14 +61,41 @@ class Lease:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_progress = 0.0
+        self._progress_failures = 0
+        self._progress_retry_at = 0.0
+        # When the lease runs out if no heartbeat gets through (monotonic clock).
+        self._held_until = 0.0
+
+    @property
+    def held_until(self) -> float:
+        """The monotonic time until which no other worker can take the job."""
+        return self._held_until
 
     def _until(self) -> dt.datetime:
         return utcnow() + dt.timedelta(seconds=self.settings.lease_seconds)
 
     def claim(self) -> bool:
         """Take the job if it is queued; ``False`` if another worker has it or it is done."""
+        started = time.monotonic()
         with session_scope() as session:
-            return repository.claim(session, self.job_id, self.owner, utcnow(), self._until())
+            claimed = repository.claim(session, self.job_id, self.owner, utcnow(), self._until())
+        if claimed:
+            self._held_until = started + self.settings.lease_seconds
+        return claimed
+
+    def retry(self, work: Callable[[], T]) -> T:
+        """Run a database operation, retrying connection errors with backoff while the lease
+        lasts (a restarting database must not fail the job); other errors propagate."""
+        delay = _PROGRESS_RETRY_SECONDS
+        while True:
+            try:
+                return work()
+            except Exception as error:
+                if not is_transient(error) or time.monotonic() + delay >= self._held_until:
+                    raise
+                logger.warning("job %s: database unreachable (%s); retrying", self.job_id, error)
+            time.sleep(delay)
+            delay = min(delay * 2, _MAX_RETRY_SECONDS)
 
     def __enter__(self) -> Lease:
         self._thread = threading.Thread(
@@ -74,6 +111,7 @@ class Lease:
 
     def _heartbeat(self) -> None:
         while not self._stop.wait(self.settings.heartbeat_seconds):
+            started = time.monotonic()
             try:
                 with session_scope() as session:
                     if not repository.renew_lease(session, self.job_id, self.owner, self._until()):
@@ -81,6 +119,7 @@ class Lease:
                         return
                     if repository.cancel_was_requested(session, self.job_id):
                         self._cancelled.set()
+                self._held_until = started + self.settings.lease_seconds
             except Exception:
                 # A database hiccup: keep trying; the lease outlives a few missed beats.
                 logger.warning("heartbeat for %s failed", self.job_id, exc_info=True)
@@ -96,18 +135,34 @@ class Lease:
         """Record progress (at most once per ``progress_seconds``) and honour cancellation."""
         self.check()
         now = time.monotonic()
+        if now < self._progress_retry_at:
+            return
         if not force and now - self._last_progress < self.settings.progress_seconds:
             return
-        self._last_progress = now
         progress = {
             "fraction": round(min(max(fraction, 0.0), 1.0), 4),
             "stage": stage,
             "message": message,
         }
-        with session_scope() as session:
-            if not repository.write_progress(session, self.job_id, self.owner, progress, utcnow()):
-                self._lost.set()
-                raise LeaseLost(self.job_id)
+        try:
+            with session_scope() as session:
+                written = repository.write_progress(
+                    session, self.job_id, self.owner, progress, utcnow()
+                )
+        except Exception as error:
+            if not is_transient(error):
+                raise
+            # Progress is not worth failing a job for: try again a little later.
+            self._progress_failures += 1
+            delay = _PROGRESS_RETRY_SECONDS * 2 ** (self._progress_failures - 1)
+            self._progress_retry_at = now + min(delay, _MAX_RETRY_SECONDS)
+            logger.warning("job %s: progress not written (%s); later", self.job_id, error)
+            return
+        if not written:
+            self._lost.set()
+            raise LeaseLost(self.job_id)
+        self._progress_failures = 0
+        self._last_progress = now
 
     def finish(
         self,
@@ -117,23 +172,33 @@ class Lease:
         error: dict[str, Any] | None = None,
         progress: dict[str, Any] | None = None,
         also: Callable[[Session], None] | None = None,
+        unless_cancelled: bool = False,
     ) -> bool:
-        """Write the final state, and ``also`` in the same transaction, if the lease holds."""
-        with session_scope() as session:
-            written = repository.finish(
-                session,
-                self.job_id,
-                self.owner,
-                status=status,
-                now=utcnow(),
-                result=result,
-                error=error,
-                progress=progress,
-            )
-            if not written:
-                session.rollback()
-                logger.warning("job %s: lease lost before its final write; discarded", self.job_id)
-                return False
-            if also is not None:
-                also(session)
-        return True
+        """Write the final state, and ``also`` in the same transaction, if the lease holds
+        (and, with ``unless_cancelled``, no client asked to cancel). Connection errors are
+        retried while the lease lasts."""
+
+        def write() -> bool:
+            with session_scope() as session:
+                written = repository.finish(
+                    session,
+                    self.job_id,
+                    self.owner,
+                    status=status,
+                    now=utcnow(),
+                    result=result,
+                    error=error,
+                    progress=progress,
+                    unless_cancelled=unless_cancelled,
+                )
+                if not written:
+                    session.rollback()
+                    return False
+                if also is not None:
+                    also(session)
+            return True
+
+        written = self.retry(write)
+        if not written:
+            logger.warning("job %s: final write (%s) not made", self.job_id, status)
+        return written

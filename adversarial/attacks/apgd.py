@@ -14,6 +14,7 @@ from torch import nn
 
 from adversarial.attacks.base import Attack, StepCallback, register
 from adversarial.attacks.losses import cross_entropy_loss, dlr_loss, targeted_dlr_loss
+from adversarial.randomness import RandomSource
 from adversarial.threat import ThreatModel
 
 # The paper's momentum alpha: x_{k+1} = P(x_k + alpha (z_{k+1} - x_k) + (1 - alpha)(x_k - x_{k-1})).
@@ -139,11 +140,15 @@ class APGD(Attack):
         """The per-example loss APGD maximizes (cross-entropy here)."""
         return cross_entropy_loss(logits, labels)
 
-    def perturb(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self.run_all(x, y, [None] * self.restarts)
+    def perturb(self, x: torch.Tensor, y: torch.Tensor, random: RandomSource) -> torch.Tensor:
+        return self.run_all(x, y, [None] * self.restarts, random)
 
     def run_all(
-        self, x: torch.Tensor, y: torch.Tensor, run_targets: Sequence[torch.Tensor | None]
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        run_targets: Sequence[torch.Tensor | None],
+        random: RandomSource,
     ) -> torch.Tensor:
         """One run per entry of ``run_targets`` (targets ``[N]`` or ``None``), in order.
 
@@ -153,12 +158,15 @@ class APGD(Attack):
         result = x.clone()
         fooled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         best_loss = torch.full((x.shape[0],), float("-inf"), dtype=x.dtype, device=x.device)
-        for targets in run_targets:
+        for run, targets in enumerate(run_targets):
             remaining = (~fooled).nonzero().squeeze(1)
             if remaining.numel() == 0:
                 break
             points, fooled_here, loss_here = self._run(
-                x[remaining], y[remaining], None if targets is None else targets[remaining]
+                x[remaining],
+                y[remaining],
+                None if targets is None else targets[remaining],
+                random.subset(remaining).child("run", run),
             )
             better = fooled_here | (loss_here > best_loss[remaining])
             result[remaining[better]] = points[better]
@@ -174,7 +182,11 @@ class APGD(Attack):
         )
 
     def _run(
-        self, x: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor | None
+        self,
+        x: torch.Tensor,
+        labels: torch.Tensor,
+        targets: torch.Tensor | None,
+        random: RandomSource,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One run of Algorithm 1: (points, which of them are misclassified, their loss)."""
         threat = self.threat
@@ -192,7 +204,7 @@ class APGD(Attack):
                 state = state.keep(~misclassified)
             return state
 
-        x_start = threat.random_init(x, self.generator)
+        x_start = threat.random_init(x, random)
         grad, logits, loss = self._loss_gradient(x_start, labels, targets)
         state = _RunState(
             index=torch.arange(count, device=x.device),
@@ -363,7 +375,7 @@ class APGDT(APGD):
             raise ValueError("APGD-T needs target classes")
         return targeted_dlr_loss(logits, labels, targets)
 
-    def perturb(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def perturb(self, x: torch.Tensor, y: torch.Tensor, random: RandomSource) -> torch.Tensor:
         with torch.no_grad():
             clean_logits = self.model(x)
         num_classes = clean_logits.shape[1]
@@ -377,4 +389,4 @@ class APGDT(APGD):
         ranked = others.argsort(dim=1, descending=True, stable=True)
         ranks = min(self.target_classes, num_classes - 1)
         run_targets = [ranked[:, rank] for rank in range(ranks) for _ in range(self.restarts)]
-        return self.run_all(x, y, run_targets)
+        return self.run_all(x, y, run_targets, random)

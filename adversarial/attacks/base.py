@@ -9,6 +9,7 @@ from typing import Any, ClassVar, TypeVar
 import torch
 from torch import nn
 
+from adversarial.randomness import GeneratorSource, RandomSource
 from adversarial.threat import ThreatModel
 
 # Called after every gradient step with the number of examples the step covered, so that
@@ -27,9 +28,13 @@ LEAST_LIKELY = "least_likely"
 class Attack(ABC):
     """Base class of every attack.
 
-    ``__call__(x, y)`` puts the model in eval mode, runs :meth:`perturb` and restores the
-    model's mode, whatever happens. Attacks never modify ``x`` and return detached tensors
-    inside the threat model's ball and input range.
+    ``__call__(x, y, random)`` puts the model in eval mode, runs :meth:`perturb` and
+    restores the model's mode, whatever happens. Attacks never modify ``x`` and return
+    detached tensors inside the threat model's ball and input range.
+
+    Randomness comes from ``random`` (one row per example): per-example streams
+    (:class:`~adversarial.randomness.ExampleStreams`) make an example's result independent
+    of its batch; without it, the attack draws from ``generator`` as torchattacks does.
     """
 
     name: ClassVar[str]
@@ -49,17 +54,24 @@ class Attack(ABC):
         self.generator = generator
         self.on_step = on_step
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def __call__(
+        self, x: torch.Tensor, y: torch.Tensor, random: RandomSource | None = None
+    ) -> torch.Tensor:
+        if random is None:
+            random = GeneratorSource(x.shape[0], self.generator)
+        elif random.count != x.shape[0]:
+            raise ValueError(f"random draws for {random.count} examples, x has {x.shape[0]}")
         was_training = self.model.training
         self.model.eval()
         try:
-            return self.perturb(x.detach(), y.detach()).detach()
+            return self.perturb(x.detach(), y.detach(), random).detach()
         finally:
             self.model.train(was_training)
 
     @abstractmethod
-    def perturb(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Adversarial inputs for clean inputs ``x`` ``[N, ...]`` and labels ``y`` ``[N]``."""
+    def perturb(self, x: torch.Tensor, y: torch.Tensor, random: RandomSource) -> torch.Tensor:
+        """Adversarial inputs for clean inputs ``x`` ``[N, ...]`` and labels ``y`` ``[N]``,
+        drawing any randomness from ``random``."""
 
     def planned_steps(self) -> int:
         """Gradient steps this attack plans per example (an upper bound with early stopping)."""
@@ -170,18 +182,22 @@ class TargetableAttack(Attack):
         predicted = logits.argmax(dim=1)
         return predicted == labels if self.targeted else predicted != labels
 
-    def perturb(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def perturb(self, x: torch.Tensor, y: torch.Tensor, random: RandomSource) -> torch.Tensor:
         labels = self.target_labels(x, y)
         if not self.targeted:
-            return self.perturb_towards(x, labels)
+            return self.perturb_towards(x, labels, random)
         result = x.clone()
         pending = (labels != y).nonzero().squeeze(1)
         if pending.numel():
-            result[pending] = self.perturb_towards(x[pending], labels[pending])
+            result[pending] = self.perturb_towards(
+                x[pending], labels[pending], random.subset(pending)
+            )
         return result
 
     @abstractmethod
-    def perturb_towards(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def perturb_towards(
+        self, x: torch.Tensor, labels: torch.Tensor, random: RandomSource
+    ) -> torch.Tensor:
         """Adversarial inputs for ``x`` given the loss ``labels`` (true labels or targets)."""
 
 

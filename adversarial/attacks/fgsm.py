@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from adversarial.attacks.base import StepCallback, Target, TargetableAttack, register
+from adversarial.randomness import RandomSource
 from adversarial.threat import ThreatModel
 
 
@@ -33,7 +34,9 @@ class FGSM(TargetableAttack):
     name = "fgsm"
     gradient_steps = 1
 
-    def perturb_towards(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def perturb_towards(
+        self, x: torch.Tensor, labels: torch.Tensor, random: RandomSource
+    ) -> torch.Tensor:
         grad, _ = self.goal_gradient(x, labels)
         return self.threat.project(self.threat.step(x, grad, self.threat.eps), x)
 
@@ -84,7 +87,9 @@ class RFGSM(TargetableAttack):
         if self.alpha < 0:
             raise ValueError(f"alpha must be >= 0, got {alpha}")
 
-    def perturb_towards(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def perturb_towards(
+        self, x: torch.Tensor, labels: torch.Tensor, random: RandomSource
+    ) -> torch.Tensor:
         threat = self.threat
         # Checked here, not in __init__: the attack may be built with a placeholder threat
         # model (to plan progress) before the real eps is known.
@@ -92,7 +97,7 @@ class RFGSM(TargetableAttack):
             raise ValueError(f"alpha ({self.alpha}) must not exceed eps ({threat.eps})")
         # A Gaussian "gradient" gives a uniformly random sign pattern (L-inf) or a uniformly
         # random direction (L2) through the threat model's own steepest step.
-        noise = torch.randn(x.shape, generator=self.generator, device=x.device, dtype=x.dtype)
+        noise = random.normal(x.shape[1:], dtype=x.dtype, device=x.device)
         x_random = threat.project(threat.step(x, noise, self.alpha), x)
         grad, _ = self.goal_gradient(x_random, labels)
         return threat.project(threat.step(x_random, grad, threat.eps - self.alpha), x)

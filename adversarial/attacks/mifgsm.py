@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from adversarial.attacks.base import StepCallback, Target, TargetableAttack, register
+from adversarial.randomness import RandomSource
 from adversarial.threat import ThreatModel
 
 # Guards the division by a gradient's mean magnitude when the gradient vanishes.
@@ -73,7 +74,9 @@ class MIFGSM(TargetableAttack):
     def planned_steps(self) -> int:
         return self.steps
 
-    def perturb_towards(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def perturb_towards(
+        self, x: torch.Tensor, labels: torch.Tensor, random: RandomSource
+    ) -> torch.Tensor:
         threat = self.threat
         x_adv = x.clone()
         result = x.clone()

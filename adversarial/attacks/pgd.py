@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from adversarial.attacks.base import StepCallback, Target, TargetableAttack, register
+from adversarial.randomness import RandomSource
 from adversarial.threat import ThreatModel
 
 
@@ -70,7 +71,9 @@ class PGD(TargetableAttack):
     def planned_steps(self) -> int:
         return self.steps * self.restarts
 
-    def perturb_towards(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def perturb_towards(
+        self, x: torch.Tensor, labels: torch.Tensor, random: RandomSource
+    ) -> torch.Tensor:
         best = x.clone()
         fooled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         for restart in range(self.restarts):
@@ -78,13 +81,18 @@ class PGD(TargetableAttack):
             if remaining.numel() == 0:
                 break
             last = restart == self.restarts - 1
-            x_adv, fooled_here = self._run(x[remaining], labels[remaining], check_final=not last)
+            x_adv, fooled_here = self._run(
+                x[remaining],
+                labels[remaining],
+                random.subset(remaining).child("restart", restart),
+                check_final=not last,
+            )
             best[remaining] = x_adv
             fooled[remaining] = fooled_here
         return best
 
     def _run(
-        self, x: torch.Tensor, y: torch.Tensor, *, check_final: bool = True
+        self, x: torch.Tensor, y: torch.Tensor, random: RandomSource, *, check_final: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One restart: the adversarial inputs and which of them reach the goal.
 
@@ -94,7 +102,7 @@ class PGD(TargetableAttack):
         fooled here, and callers judge them by their own predictions.
         """
         threat = self.threat
-        x_adv = threat.random_init(x, self.generator) if self.random_start else x.clone()
+        x_adv = threat.random_init(x, random) if self.random_start else x.clone()
         result = x_adv.clone()
         fooled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         # Positions (into x) of the examples still being attacked.

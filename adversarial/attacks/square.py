@@ -10,10 +10,12 @@ from torch import nn
 
 from adversarial.attacks.base import Attack, StepCallback, register
 from adversarial.attacks.losses import margin
+from adversarial.randomness import RandomSource
 from adversarial.threat import L2Ball, LinfBall, ThreatModel
 
-# Proposes candidates from (clean inputs, current best points, fraction p of pixels).
-_Candidates = Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
+# Proposes candidates from (clean inputs, current best points, fraction p of pixels, the
+# examples' random draws).
+_Candidates = Callable[[torch.Tensor, torch.Tensor, float, RandomSource], torch.Tensor]
 
 # Guards divisions by norms of empty or zero perturbation blocks, as in the authors' code.
 _TINY = 1e-12
@@ -35,25 +37,17 @@ def _rows(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return values.view(-1, *([1] * (like.dim() - 1)))
 
 
-def _random_signs(
-    shape: tuple[int, ...], like: torch.Tensor, generator: torch.Generator | None
-) -> torch.Tensor:
-    """Independent +1/-1 values of ``like``'s dtype and device."""
-    bits = torch.randint(0, 2, shape, generator=generator, device=like.device)
-    return (2 * bits - 1).to(like.dtype)
+def _random_signs(shape: tuple[int, ...], like: torch.Tensor, random: RandomSource) -> torch.Tensor:
+    """Independent +1/-1 values ``[count, *shape]`` of ``like``'s dtype and device."""
+    return random.signs(shape, dtype=like.dtype, device=like.device)
 
 
 def _square_corners(
-    count: int,
-    side: int,
-    height: int,
-    width: int,
-    like: torch.Tensor,
-    generator: torch.Generator | None,
+    side: int, height: int, width: int, like: torch.Tensor, random: RandomSource
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Uniformly random top-left corners ``([count], [count])`` of ``side``-squares inside."""
-    top = torch.randint(0, height - side + 1, (count,), generator=generator, device=like.device)
-    left = torch.randint(0, width - side + 1, (count,), generator=generator, device=like.device)
+    top = random.integers(0, height - side + 1, (), device=like.device)
+    left = random.integers(0, width - side + 1, (), device=like.device)
     return top, left
 
 
@@ -119,8 +113,8 @@ class Square(Attack):
     a second random square into the first, keeping ``||delta||_2 = eps``.
 
     No gradients: it runs under ``torch.no_grad()``, so it also sees through gradient
-    masking. Squares are drawn per example (as in the authors' original code) from
-    ``generator``, at any position inside the image: AutoAttack's and torchattacks' code
+    masking. Squares are drawn per example (as in the authors' original code) from the
+    call's random source, at any position inside the image: AutoAttack's and torchattacks' code
     shares one square across a batch and draws corners in ``[0, H - side)``, so it never
     touches the last row and column (on 8x8 digits that leaves it several points weaker).
     ``on_step`` is called once per iteration with the number of examples queried; an
@@ -165,15 +159,16 @@ class Square(Attack):
     def planned_steps(self) -> int:
         return self.queries
 
-    def perturb(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def perturb(self, x: torch.Tensor, y: torch.Tensor, random: RandomSource) -> torch.Tensor:
         if x.dim() != 4:
             raise ValueError(
                 f"the Square Attack needs images [N, C, H, W], got shape {list(x.shape)}"
             )
         with torch.no_grad():
+            start = random.child("start")
             if isinstance(self.threat, LinfBall):
-                return self._search(x, y, self._linf_start(x), self._linf_candidates)
-            return self._search(x, y, self._l2_start(x), self._l2_candidates)
+                return self._search(x, y, self._linf_start(x, start), self._linf_candidates, random)
+            return self._search(x, y, self._l2_start(x, start), self._l2_candidates, random)
 
     def _query(
         self, x_query: torch.Tensor, labels: torch.Tensor
@@ -185,7 +180,12 @@ class Square(Attack):
         return margin(logits, labels), logits.argmax(dim=1) != labels
 
     def _search(
-        self, x: torch.Tensor, y: torch.Tensor, x_start: torch.Tensor, candidates: _Candidates
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        x_start: torch.Tensor,
+        candidates: _Candidates,
+        random: RandomSource,
     ) -> torch.Tensor:
         x_best = x_start
         best_margin, fooled = self._query(x_best, y)
@@ -194,7 +194,8 @@ class Square(Attack):
             if active.numel() == 0:
                 break
             fraction = square_fraction(self.p_init, iteration, self.queries)
-            x_new = candidates(x[active], x_best[active], fraction)
+            draws = random.subset(active).child("iteration", iteration)
+            x_new = candidates(x[active], x_best[active], fraction, draws)
             new_margin, fooled_new = self._query(x_new, y[active])
             # A misclassifying candidate is kept even if its margin is not lower (a tie).
             accepted = (new_margin < best_margin[active]) | fooled_new
@@ -203,38 +204,38 @@ class Square(Attack):
             fooled[active] = fooled_new
         return x_best
 
-    def _linf_start(self, x: torch.Tensor) -> torch.Tensor:
+    def _linf_start(self, x: torch.Tensor, random: RandomSource) -> torch.Tensor:
         # Vertical stripes of +-eps: one sign per column and channel (the paper's init).
-        count, channels, _, width = x.shape
-        stripes = _random_signs((count, channels, 1, width), x, self.generator)
+        _, channels, _, width = x.shape
+        stripes = _random_signs((channels, 1, width), x, random)
         return self.threat.project(x + self.threat.eps * stripes, x)
 
     def _linf_candidates(
-        self, x: torch.Tensor, x_best: torch.Tensor, fraction: float
+        self, x: torch.Tensor, x_best: torch.Tensor, fraction: float, random: RandomSource
     ) -> torch.Tensor:
-        count, channels, height, width = x.shape
+        _, channels, height, width = x.shape
         side = min(max(round(math.sqrt(fraction * height * width)), 1), height, width)
-        top, left = _square_corners(count, side, height, width, x, self.generator)
+        top, left = _square_corners(side, height, width, x, random)
         square = _square_mask(top, left, side, height, width)
         # +-2 eps then projection sets the square to x +- eps, one sign per channel.
-        values = 2 * self.threat.eps * _random_signs((count, channels, 1, 1), x, self.generator)
+        values = 2 * self.threat.eps * _random_signs((channels, 1, 1), x, random)
         return self.threat.project(x_best + square * values, x)
 
-    def _l2_start(self, x: torch.Tensor) -> torch.Tensor:
+    def _l2_start(self, x: torch.Tensor, random: RandomSource) -> torch.Tensor:
         # A centred grid of update blocks (five across for large images), random signs per
         # block and channel, scaled to ||delta||_2 = eps (the paper's init).
-        count, channels, height, width = x.shape
+        _, channels, height, width = x.shape
         side = max(height // 5, 1)
         block = square_update_block(side, x).view(1, 1, side, side)
         delta = torch.zeros_like(x)
         for top in range((height - 5 * side) // 2, height - side + 1, side):
             for left in range((width - 5 * side) // 2, width - side + 1, side):
-                signs = _random_signs((count, channels, 1, 1), x, self.generator)
+                signs = _random_signs((channels, 1, 1), x, random)
                 delta[:, :, top : top + side, left : left + side] += block * signs
         return self._scaled_to_eps(x, delta)
 
     def _l2_candidates(
-        self, x: torch.Tensor, x_best: torch.Tensor, fraction: float
+        self, x: torch.Tensor, x_best: torch.Tensor, fraction: float, random: RandomSource
     ) -> torch.Tensor:
         count, channels, height, width = x.shape
         eps = self.threat.eps
@@ -242,8 +243,8 @@ class Square(Attack):
         # Odd sides, at least 3: the update block has a positive and a negative half.
         side = max(round(math.sqrt(fraction * height * width)), 3)
         side = min(side + 1 - side % 2, height, width)
-        top, left = _square_corners(count, side, height, width, x, self.generator)
-        top_2, left_2 = _square_corners(count, side, height, width, x, self.generator)
+        top, left = _square_corners(side, height, width, x, random)
+        top_2, left_2 = _square_corners(side, height, width, x, random)
         into = _square_index(top, left, side, channels)
         out_of = _square_index(top_2, left_2, side, channels)
         both = _square_mask(top, left, side, height, width) | _square_mask(
@@ -259,9 +260,9 @@ class Square(Attack):
         window_norms = _rows(torch.linalg.vector_norm((delta * both).flatten(1), dim=1), x)
         old_block = delta[into]
         shape = square_update_block(side, x)
-        transposed = torch.randint(0, 2, (count,), generator=self.generator, device=x.device).bool()
+        transposed = random.integers(0, 2, (), device=x.device).bool()
         shapes = torch.where(_rows(transposed, x), shape.T, shape)
-        new_block = shapes * _random_signs((count, channels, 1, 1), x, self.generator)
+        new_block = shapes * _random_signs((channels, 1, 1), x, random)
         new_block = new_block + old_block / (channel_norms(old_block) + _TINY)
         # The mass the two squares held, plus what the ball has left, spread over channels.
         budget = ((eps**2 - image_norms**2).clamp_min(0) / channels + window_norms**2).sqrt()

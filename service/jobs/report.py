@@ -23,6 +23,8 @@ text-align:right}th{background:#f4f4f4}td:first-child,th:first-child{text-align:
 .verdict{font-size:1.6em;padding:.4em .8em;border-radius:6px;display:inline-block}
 .verdict.pass{background:#e3f5e3}.verdict.fail{background:#fbe3e3}
 .warn{background:#fff6dd;border-left:4px solid #e0a800;padding:6px 10px;margin:6px 0}
+.note{background:#e8f0fb;border-left:4px solid #3b6fb6;padding:6px 10px;margin:6px 0}
+.warn-text{color:#8a6d00;font-weight:bold}
 .gallery{display:flex;flex-wrap:wrap;gap:18px}.sample{text-align:center;font-size:12px}
 .sample img{width:84px;height:84px;image-rendering:pixelated;border:1px solid #999;margin:2px}
 .confusion td{min-width:2.2em;text-align:center}
@@ -50,15 +52,21 @@ def _png_tag(pixels: np.ndarray, alt: str) -> str:
 
 def _gate(gate: Mapping[str, Any]) -> str:
     passed = gate["passed"]
-    rows = [
-        [
-            escape(c["name"]),
-            _pct(c["threshold"]),
-            _pct(c["value"]),
-            "<span class='pass'>pass</span>" if c["passed"] else "<span class='fail'>fail</span>",
-        ]
-        for c in gate["checks"]
-    ]
+    rows = []
+    for c in gate["checks"]:
+        if c.get("kind") == "validity":
+            threshold, value = "none fired", "fired" if c["value"] else "did not fire"
+        else:
+            threshold, value = _pct(c["threshold"]), _pct(c["value"])
+            if c.get("worst_case") is not None:
+                value += f" <small>(worst case {_pct(c['worst_case'])})</small>"
+        if c.get("waived"):
+            verdict = "<span class='warn-text'>waived</span>"
+        elif c["passed"]:
+            verdict = "<span class='pass'>pass</span>"
+        else:
+            verdict = "<span class='fail'>fail</span>"
+        rows.append([escape(c["name"]), threshold, value, verdict])
     return (
         f"<h2>Gate: <span class='verdict {'pass' if passed else 'fail'}'>"
         f"{'PASSED' if passed else 'FAILED'}</span></h2>"
@@ -215,15 +223,27 @@ def _audit_sections(
     if result.get("gate"):
         parts.append(_gate(result["gate"]))
     parts.append(f"<h2>Clean accuracy: {_pct(result['clean_accuracy'])}</h2>")
+    for note in result.get("notes", []):
+        parts.append(
+            f"<div class='note'><b>{escape(note['code'])}</b>: {escape(note['message'])}</div>"
+        )
     warnings = result.get("warnings", [])
-    parts.append(f"<h2>Validity checks: {len(warnings)} warning(s)</h2>")
+    if result.get("checks", True):
+        parts.append(f"<h2>Validity checks: {len(warnings)} warning(s)</h2>")
+    else:
+        parts.append("<h2>Validity checks: off</h2>")
     for warning in warnings:
         parts.append(
             f"<div class='warn'><b>{escape(warning['code'])}</b>: "
             f"{escape(warning['message'])}</div>"
         )
-    if not warnings:
+    if not warnings and result.get("checks", True):
         parts.append("<p>No sign of gradient masking or a failing attack.</p>")
+    elif not result.get("checks", True):
+        parts.append(
+            "<p>The validity checks did not run: these numbers were not checked for "
+            "gradient masking or failing attacks.</p>"
+        )
     parts.append(_curves(result))
     parts.append("<h2>Attacks</h2>")
     rows = []

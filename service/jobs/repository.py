@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy import CursorResult, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from service.tables import Artifact, Job, JobStatus
+from service.tables import Artifact, Job, JobStatus, Tenant
 
 
 def add(session: Session, job: Job) -> None:
@@ -61,6 +61,33 @@ def list_page(
     if model_id:
         query = query.where(Job.model_id == model_id)
     return list(session.scalars(query.order_by(Job.id.desc()).limit(limit)))
+
+
+def release_idempotency_key(session: Session, job_id: str) -> None:
+    """Let an Idempotency-Key go (its job was made by an older engine, or long ago), so a new
+    job can take it; the old job keeps everything else."""
+    session.execute(update(Job).where(Job.id == job_id).values(idempotency_key=None))
+    session.flush()
+
+
+def lock_tenant(session: Session, tenant_id: str) -> None:
+    """Hold the tenant's row until the transaction ends (admissions one at a time)."""
+    session.execute(select(Tenant.id).where(Tenant.id == tenant_id).with_for_update())
+
+
+def count_active(session: Session, tenant_id: str) -> int:
+    """The tenant's queued and running jobs."""
+    return int(
+        session.scalar(
+            select(func.count())
+            .select_from(Job)
+            .where(
+                Job.tenant_id == tenant_id,
+                Job.status.in_((JobStatus.QUEUED, JobStatus.RUNNING)),
+            )
+        )
+        or 0
+    )
 
 
 def _changed(session: Session, statement: Any) -> bool:
@@ -158,8 +185,10 @@ def finish(
     result: dict[str, Any] | None = None,
     error: dict[str, Any] | None = None,
     progress: dict[str, Any] | None = None,
+    unless_cancelled: bool = False,
 ) -> bool:
-    """Write a final state once: only the lease holder of a running job can."""
+    """Write a final state once: only the lease holder of a running job can (and, with
+    ``unless_cancelled``, only while no client asked to cancel it)."""
     values: dict[str, Any] = {
         "status": status,
         "result": result,
@@ -170,7 +199,10 @@ def finish(
     }
     if progress is not None:
         values["progress"] = progress
-    return _changed(session, update(Job).where(*_owned(job_id, owner)).values(**values))
+    conditions = _owned(job_id, owner)
+    if unless_cancelled:
+        conditions = (*conditions, Job.cancel_requested.is_(False))
+    return _changed(session, update(Job).where(*conditions).values(**values))
 
 
 def add_artifact(session: Session, artifact: Artifact) -> None:

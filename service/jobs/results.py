@@ -5,11 +5,20 @@ Pure Python (no torch), so the gate's verdict can be tested and recomputed anywh
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from service.jobs.specs import AuditSpec, Gate, same_eps
+from service.jobs.specs import (
+    GATING_WARNINGS,
+    WORST_CASE,
+    AuditSpec,
+    Gate,
+    Strength,
+    at_point,
+    check_matches,
+)
 
 
 class ComponentResult(BaseModel):
@@ -86,10 +95,24 @@ class GateCheck(BaseModel):
     """One gate condition and whether it held."""
 
     name: str
+    kind: Literal["clean", "robust", "worst_case", "validity"] = Field(
+        description="clean accuracy, one attack's robust accuracy, the per-example worst case "
+        "over every attack at an eps, or a validity warning that must not fire."
+    )
     metric: str
     threshold: float
     value: float | None = Field(description="The measured value; null if it was not measured.")
     passed: bool
+    attack: str | None = Field(None, description="robust and worst_case checks.")
+    norm: str | None = None
+    eps: float | None = None
+    worst_case: float | None = Field(
+        None,
+        description="For a check of one attack: the worst case over every attack at the same "
+        "norm and eps, which no single attack's number should be read without.",
+    )
+    code: str | None = Field(None, description="validity checks: the warning code.")
+    waived: bool = Field(False, description="validity checks: the gate allows this warning.")
 
 
 class GateResult(BaseModel):
@@ -97,6 +120,19 @@ class GateResult(BaseModel):
 
     passed: bool
     checks: list[GateCheck]
+    waived: list[str] = Field(
+        default_factory=list, description="Validity warnings that fired and the gate waived."
+    )
+    validity_checks: bool = Field(
+        True, description="false: the audit ran without validity checks (allow_unchecked)."
+    )
+
+
+class Note(BaseModel):
+    """Something every reader of the numbers must know that is not a validity warning."""
+
+    code: str
+    message: str
 
 
 class ArtifactRef(BaseModel):
@@ -127,18 +163,44 @@ class AuditResult(BaseModel):
         None, description="Accuracy under PGD-20 at L-inf eps = half the input range."
     )
     warnings: list[Warning_] = Field(default_factory=list)
+    checks: bool = Field(True, description="Whether the validity checks ran.")
+    attack_strength: Strength = Field(
+        "strong",
+        description="weak: only single-step or few-iteration attacks ran, so every robust "
+        "accuracy is an upper bound at best.",
+    )
+    notes: list[Note] = Field(default_factory=list)
     gate: GateResult | None = None
     artifacts: list[ArtifactRef] = Field(default_factory=list)
+    engine_version: str = Field("", description="The engine that made these numbers.")
+    batch_size: int | None = Field(
+        None, description="Examples per batch at the start (halved on out-of-memory)."
+    )
+    final_batch_size: int | None = None
     seconds: float
+    verification_seconds: float | None = Field(
+        None,
+        description="Time spent re-checking adversarial examples (ball, range, finiteness) "
+        "and predicting them afresh.",
+    )
 
 
-def evaluate_gate(gate: Gate, clean_accuracy: float, attacks: list[AttackResult]) -> GateResult:
-    """Check a gate against measured accuracies."""
+def evaluate_gate(
+    gate: Gate,
+    clean_accuracy: float,
+    attacks: list[AttackResult],
+    worst_case: list[WorstCaseResult],
+    warnings: list[Warning_],
+    *,
+    checks_ran: bool,
+) -> GateResult:
+    """Check a gate against measured accuracies and the validity warnings."""
     checks = []
     if gate.min_clean_accuracy is not None:
         checks.append(
             GateCheck(
                 name="clean_accuracy",
+                kind="clean",
                 metric="clean_accuracy",
                 threshold=gate.min_clean_accuracy,
                 value=clean_accuracy,
@@ -146,33 +208,120 @@ def evaluate_gate(gate: Gate, clean_accuracy: float, attacks: list[AttackResult]
             )
         )
     for check in gate.min_robust_accuracy:
-        matches = [
-            attack
-            for attack in attacks
-            if attack.name == check.attack
-            and (check.norm is None or attack.norm == check.norm)
-            and same_eps(attack.eps, check.eps)
-        ]
-        # A spec's gate is validated against its attacks, so a missing match is a bug; a
-        # gate must never pass on a number it could not find.
-        value = min((m.robust_accuracy for m in matches), default=None)
-        norm = matches[0].norm if matches else (check.norm or "?")
+        worst = [w for w in worst_case if at_point(check, w.norm, [w.eps])]
+        if check.attack == WORST_CASE:
+            value = min((w.robust_accuracy for w in worst), default=None)
+            norm = worst[0].norm if worst else (check.norm or "?")
+            beside = None
+        else:
+            matches = [a for a in attacks if check_matches(check, a.name, a.norm, [a.eps])]
+            # The spec's gate is validated against its attacks, so a missing match is a bug;
+            # a gate must never pass on a number it could not find.
+            value = min((m.robust_accuracy for m in matches), default=None)
+            norm = matches[0].norm if matches else (check.norm or "?")
+            beside = min((w.robust_accuracy for w in worst if w.norm == norm), default=None)
         checks.append(
             GateCheck(
-                name=f"{check.attack}@{norm}:{check.eps:g}",
+                name=check.label(norm),
+                kind="worst_case" if check.attack == WORST_CASE else "robust",
                 metric="robust_accuracy",
                 threshold=check.value,
                 value=value,
                 passed=value is not None and value >= check.value,
+                attack=check.attack,
+                norm=norm,
+                eps=check.eps,
+                worst_case=beside,
             )
         )
-    return GateResult(passed=all(c.passed for c in checks), checks=checks)
+    fired = {warning.code for warning in warnings}
+    waived = sorted(fired & set(gate.allow_warnings) & set(GATING_WARNINGS))
+    if checks_ran:
+        for code, what in GATING_WARNINGS.items():
+            count = sum(warning.code == code for warning in warnings)
+            checks.append(
+                GateCheck(
+                    name=f"validity:{code}",
+                    kind="validity",
+                    metric=f"no warning: {what}",
+                    threshold=0.0,
+                    value=float(count),
+                    passed=count == 0 or code in gate.allow_warnings,
+                    code=code,
+                    waived=count > 0 and code in gate.allow_warnings,
+                )
+            )
+    return GateResult(
+        passed=all(c.passed for c in checks) and (checks_ran or gate.allow_unchecked),
+        checks=checks,
+        waived=waived,
+        validity_checks=checks_ran,
+    )
 
 
 def gate_for(
-    spec: AuditSpec, clean_accuracy: float, attacks: list[AttackResult]
+    spec: AuditSpec,
+    clean_accuracy: float,
+    attacks: list[AttackResult],
+    worst_case: list[WorstCaseResult],
+    warnings: list[Warning_],
 ) -> GateResult | None:
     """The audit's gate verdict, or ``None`` when the spec has no gate."""
     if spec.gate is None:
         return None
-    return evaluate_gate(spec.gate, clean_accuracy, attacks)
+    return evaluate_gate(
+        spec.gate, clean_accuracy, attacks, worst_case, warnings, checks_ran=spec.checks
+    )
+
+
+def audit_notes(spec: AuditSpec, strength: Strength, gate: GateResult | None) -> list[Note]:
+    """What the outputs must say beside the numbers: weak attacks, checks off, waivers."""
+    notes = []
+    if strength == "weak":
+        notes.append(
+            Note(
+                code="weak_attacks",
+                message="The numbers come from weak attacks (single steps or a few iterations, "
+                "such as the quick preset): every robust accuracy is an upper bound, and a "
+                "stronger attack (the autoattack preset) can find more.",
+            )
+        )
+    if not spec.checks:
+        notes.append(
+            Note(
+                code="checks_disabled",
+                message="The validity checks were off ('checks': false): nothing here tells "
+                "a robust model from one that masks its gradients.",
+            )
+        )
+    for code in gate.waived if gate else []:
+        notes.append(
+            Note(
+                code="warning_waived",
+                message=f"The gate waived the validity warning {code!r} (allow_warnings): the "
+                "numbers it casts doubt on still passed.",
+            )
+        )
+    return notes
+
+
+def sanitized(document: Any, path: str = "") -> tuple[Any, list[str]]:
+    """``document`` with every NaN or infinite float replaced by ``None``, and where they
+    were (JSON has no NaN; a NaN must never read as a number)."""
+    if isinstance(document, float) and not math.isfinite(document):
+        return None, [path or "."]
+    if isinstance(document, dict):
+        cleaned: dict[str, Any] = {}
+        found: list[str] = []
+        for key, value in document.items():
+            cleaned[key], where = sanitized(value, f"{path}.{key}" if path else str(key))
+            found += where
+        return cleaned, found
+    if isinstance(document, list):
+        items, found = [], []
+        for index, value in enumerate(document):
+            item, where = sanitized(value, f"{path}[{index}]")
+            items.append(item)
+            found += where
+        return items, found
+    return document, []

@@ -15,8 +15,9 @@ from sqlalchemy.orm import Session
 from service.database import after_commit, session_scope, utcnow
 from service.datasets.schemas import DatasetRead
 from service.datasets.service import get_dataset
+from service.engine import engine_version
 from service.jobs import repository
-from service.jobs.specs import AuditSpec, request_hash
+from service.jobs.specs import USER_JOB_KINDS, AuditSpec, request_hash
 from service.models import repository as models
 from service.problems import FieldError, ProblemError, invalid, not_found
 from service.queue import send_job
@@ -52,6 +53,8 @@ def create_job(
     dataset_id: str | None = None,
     idempotency_key: str | None = None,
     spec_hash: str | None = None,
+    engine: str | None = None,
+    parent_id: str | None = None,
 ) -> Job:
     """Stage a queued job; its id goes to the broker once the transaction commits."""
     job = Job(
@@ -68,6 +71,8 @@ def create_job(
         request_hash=spec_hash,
         model_id=model_id,
         dataset_id=dataset_id,
+        engine_version=engine,
+        parent_id=parent_id,
     )
     repository.add(session, job)
     after_commit(session, lambda: dispatch(job.id))
@@ -84,17 +89,25 @@ def submit(
 ) -> tuple[Job, bool]:
     """Create a job, or return the one this Idempotency-Key already created.
 
-    Returns ``(job, created)``. The same key with a different body is a 422.
+    Returns ``(job, created)``. The same key with a different body is a 422. A key whose job
+    was made by another engine version, or is older than the idempotency window, no longer
+    replays: it is released and a new job is made (an upgrade re-audits; it never returns
+    the old engine's verdict).
     """
-    spec_hash = request_hash(spec)
+    engine = engine_version()
+    spec_hash = request_hash(spec, engine)
     if idempotency_key is not None:
         existing = repository.get_by_idempotency_key(session, principal.tenant_id, idempotency_key)
         if existing is not None:
-            return _replay(existing, spec_hash), False
+            if _replays(existing, spec_hash, settings):
+                return existing, False
+            _refuse_other_body(existing, spec, engine)
+            repository.release_idempotency_key(session, existing.id)
 
     model = _ready_model(session, principal, spec.model_id)
     dataset = get_dataset(session, principal, spec.dataset_id)
     check_audit_fits(spec, model, dataset, settings)
+    check_tenant_capacity(session, principal, settings)
 
     try:
         # A savepoint, so a concurrent request that won the race on the same key does not
@@ -109,6 +122,7 @@ def submit(
                 dataset_id=spec.dataset_id,
                 idempotency_key=idempotency_key,
                 spec_hash=spec_hash,
+                engine=engine,
                 settings=settings,
             )
     except IntegrityError:
@@ -118,19 +132,49 @@ def submit(
         )
         if existing is None:
             raise
-        return _replay(existing, spec_hash), False
+        if existing.request_hash != spec_hash:
+            _refuse_other_body(existing, spec, engine)
+        return existing, False
     return job, True
 
 
-def _replay(existing: Job, spec_hash: str) -> Job:
-    if existing.request_hash != spec_hash:
+def _replays(existing: Job, spec_hash: str, settings: Settings) -> bool:
+    """Whether a job found by its key answers this request: same body and engine, and
+    within the idempotency window."""
+    age = (utcnow() - existing.created_at).total_seconds()
+    return existing.request_hash == spec_hash and age <= settings.idempotency_ttl_seconds
+
+
+def _refuse_other_body(existing: Job, spec: AuditSpec, engine: str) -> None:
+    """A 422 unless ``existing`` was made from this very body (by another engine or long
+    ago: then its key may be released)."""
+    if existing.request_hash in (
+        request_hash(spec, existing.engine_version or ""),
+        request_hash(spec, engine),
+    ):
+        return
+    raise ProblemError(
+        422,
+        "idempotency_key_reused",
+        "this Idempotency-Key was used for a different request; use a new key",
+        errors=[FieldError(field="Idempotency-Key", reason="already used with another body")],
+    )
+
+
+def check_tenant_capacity(session: Session, principal: Principal, settings: Settings) -> None:
+    """A 429 when the tenant already has the most queued and running jobs it may have."""
+    # Serializes a tenant's admissions (Postgres row lock), so two racing requests cannot
+    # both take the last slot.
+    repository.lock_tenant(session, principal.tenant_id)
+    active = repository.count_active(session, principal.tenant_id)
+    if active >= settings.max_active_jobs_per_tenant:
         raise ProblemError(
-            422,
-            "idempotency_key_reused",
-            "this Idempotency-Key was used for a different request; use a new key",
-            errors=[FieldError(field="Idempotency-Key", reason="already used with another body")],
+            429,
+            "too_many_active_jobs",
+            f"this tenant has {active} queued or running jobs, the most allowed "
+            f"({settings.max_active_jobs_per_tenant}); retry when some have finished",
+            headers={"Retry-After": "10"},
         )
-    return existing
 
 
 def _ready_model(session: Session, principal: Principal, model_id: str) -> Model:
@@ -153,7 +197,8 @@ def _ready_model(session: Session, principal: Principal, model_id: str) -> Model
 def check_audit_fits(
     spec: AuditSpec, model: Model, dataset: DatasetRead, settings: Settings
 ) -> None:
-    """Refuse an audit whose data, labels or eps cannot work with its model."""
+    """Refuse an audit whose data, labels, eps or attacks cannot work with its model, or
+    whose size is beyond what one job may take."""
     if spec.split not in dataset.splits:
         raise invalid("split", f"dataset {dataset.id!r} has splits {sorted(dataset.splits)}")
     if list(dataset.example_shape) != list(model.input_shape):
@@ -175,26 +220,44 @@ def check_audit_fits(
             "dataset_id",
             f"values span {dataset.value_range} but the model's input_range is [{lower}, {upper}]",
         )
-    if spec.limit is not None and spec.limit > settings.max_examples_per_job:
-        raise invalid("limit", f"at most {settings.max_examples_per_job} examples per job")
+    examples = min(spec.limit or dataset.splits[spec.split], dataset.splits[spec.split])
+    if examples > settings.max_examples_per_job:
+        raise invalid(
+            "limit",
+            f"this audit would evaluate {examples} examples; at most "
+            f"{settings.max_examples_per_job} per job (set 'limit')",
+        )
+    for where, reason in spec.refusals(model.num_classes):
+        raise invalid(where, reason)
     span = upper - lower
     dims = math.prod(model.input_shape)
-    for index, attack in enumerate(spec.resolved_attacks()):
-        where = f"attacks[{index}]" if spec.attacks else "preset"
-        target = getattr(attack, "target", None)
-        if isinstance(target, int) and target >= model.num_classes:
-            raise invalid(
-                f"{where}.target", f"class {target} does not exist ({model.num_classes} classes)"
-            )
+    for where, attack in spec.sourced_attacks():
         # Beyond these radii the ball contains the whole input range: eps is surely a mistake.
         largest = span if attack.norm == "linf" else span * math.sqrt(dims)
-        for eps in attack.eps:
+        for eps in attack.radii():
             if eps > largest:
                 raise invalid(
-                    f"{where}.eps" if spec.attacks else "eps",
-                    f"eps {eps:g} is beyond the input range [{lower}, {upper}] "
+                    f"{where}.eps" if where.startswith("attacks") else "eps",
+                    f"{attack.name}: eps {eps:g} is beyond the input range [{lower}, {upper}] "
                     f"({attack.norm} eps can be at most {largest:g})",
                 )
+    gradients = spec.gradient_evaluations(examples, model.num_classes)
+    if gradients > settings.max_gradients_per_job:
+        raise invalid(
+            "attacks",
+            f"this audit plans {gradients:,} gradient evaluations (examples x eps x steps x "
+            f"restarts, and Square's queries); the limit is {settings.max_gradients_per_job:,} "
+            "per job: fewer examples ('limit'), eps or steps",
+            code="budget_exceeded",
+        )
+    cells = spec.result_cells(model.num_classes)
+    if cells > settings.max_result_cells:
+        raise invalid(
+            "attacks",
+            f"the result would hold {cells:,} per-class numbers (attacks x eps x classes); the "
+            f"limit is {settings.max_result_cells:,}",
+            code="budget_exceeded",
+        )
 
 
 def get_job_by_report_token(session: Session, job_id: str, token: str) -> Job:
@@ -240,6 +303,12 @@ def get_job(session: Session, principal: Principal, job_id: str) -> Job:
 def cancel(session: Session, principal: Principal, job_id: str) -> Job:
     """Cancel a queued job at once; ask the worker of a running job to stop."""
     job = get_job(session, principal, job_id)
+    if job.kind not in USER_JOB_KINDS:
+        # Internal work (a model's validation) ends on its own; cancelling it would strand
+        # the object it validates. Delete the model instead.
+        raise ProblemError(
+            409, "job_not_cancellable", f"job {job_id!r} ({job.kind}) cannot be cancelled"
+        )
     now = utcnow()
     if job.status == JobStatus.QUEUED and not repository.cancel_queued(session, job.id, now):
         session.refresh(job)  # a worker claimed it meanwhile

@@ -12,7 +12,7 @@ import json
 import math
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
 
 Norm = Literal["linf", "l2"]
 EpsList = Annotated[
@@ -46,11 +46,33 @@ class _Attack(_Strict):
     """Fields every attack entry has; the rest are the engine attack's keyword arguments."""
 
     norm: Norm = "linf"
-    eps: EpsList
+    eps: EpsList | None = Field(
+        None,
+        description="Radii to attack at; default: the audit's 'eps' (8/255 for linf, 0.5 for l2).",
+    )
 
     def params(self) -> dict[str, Any]:
         """Keyword arguments for the engine's attack (or ensemble)."""
         return self.model_dump(exclude={"name", "norm", "eps"})
+
+    def radii(self) -> list[float]:
+        """The radii this entry attacks at (set once the audit resolved its defaults)."""
+        if self.eps is None:
+            raise ValueError("eps is not resolved yet")
+        return list(self.eps)
+
+    def gradient_cost(self, num_classes: int) -> int:
+        """Gradient evaluations (or model queries) per attacked example at one eps: the
+        admission budget's unit."""
+        return 1
+
+    def refusal(self, eps: float, num_classes: int | None) -> str | None:
+        """Why the engine would refuse this attack at ``eps`` for a model with
+        ``num_classes`` classes (``None``: not known yet), or ``None``."""
+        target = getattr(self, "target", None)
+        if num_classes is not None and isinstance(target, int) and target >= num_classes:
+            return f"target class {target} does not exist ({num_classes} classes)"
+        return None
 
 
 class FgsmAttack(_Attack):
@@ -64,8 +86,13 @@ class RfgsmAttack(_Attack):
     """R+FGSM (Tramer et al. 2018): a random step of size alpha, then FGSM with eps - alpha."""
 
     name: Literal["rfgsm"]
-    alpha: StepSize = Field(None, description="Default: eps / 2.")
+    alpha: StepSize = Field(None, description="Default: eps / 2; at most eps.")
     target: Target = None
+
+    def refusal(self, eps: float, num_classes: int | None) -> str | None:
+        if self.alpha is not None and self.alpha > eps:
+            return f"alpha {self.alpha:g} exceeds eps {eps:g} (the random step must fit the ball)"
+        return super().refusal(eps, num_classes)
 
 
 class BimAttack(_Attack):
@@ -77,6 +104,9 @@ class BimAttack(_Attack):
     early_stop: EarlyStop = True
     target: Target = None
 
+    def gradient_cost(self, num_classes: int) -> int:
+        return self.steps
+
 
 class MifgsmAttack(_Attack):
     """Momentum Iterative FGSM (Dong et al. 2018)."""
@@ -87,6 +117,9 @@ class MifgsmAttack(_Attack):
     decay: float = Field(1.0, ge=0, le=10, allow_inf_nan=False)
     early_stop: EarlyStop = True
     target: Target = None
+
+    def gradient_cost(self, num_classes: int) -> int:
+        return self.steps
 
 
 class PgdAttack(_Attack):
@@ -100,6 +133,9 @@ class PgdAttack(_Attack):
     early_stop: EarlyStop = True
     target: Target = None
 
+    def gradient_cost(self, num_classes: int) -> int:
+        return self.steps * self.restarts
+
 
 class ApgdCeAttack(_Attack):
     """APGD with cross-entropy (Croce & Hein 2020): step sizes that adapt, no tuning."""
@@ -109,15 +145,34 @@ class ApgdCeAttack(_Attack):
     restarts: int = Field(1, ge=1, le=100)
     rho: float = Field(0.75, gt=0, lt=1)
 
+    def gradient_cost(self, num_classes: int) -> int:
+        return self.steps * self.restarts
+
 
 class ApgdTAttack(_Attack):
     """Targeted APGD with the DLR loss (Croce & Hein 2020) over the top target classes."""
 
     name: Literal["apgd-t"]
     steps: int = Field(100, ge=1, le=10_000)
-    target_classes: int = Field(9, ge=1, le=1000)
+    target_classes: int = Field(9, ge=1, le=1000, description="At most num_classes - 1.")
     restarts: int = Field(1, ge=1, le=100)
     rho: float = Field(0.75, gt=0, lt=1)
+
+    def gradient_cost(self, num_classes: int) -> int:
+        return self.steps * self.restarts * min(self.target_classes, max(num_classes - 1, 1))
+
+    def refusal(self, eps: float, num_classes: int | None) -> str | None:
+        if num_classes is not None and num_classes < 3:
+            return (
+                "apgd-t needs at least 3 classes (its targeted DLR loss is normalized by the "
+                f"first and third largest logits); the model has {num_classes}"
+            )
+        if num_classes is not None and self.target_classes >= num_classes:
+            return (
+                f"target_classes {self.target_classes} is more than the {num_classes - 1} "
+                "classes other than the true one"
+            )
+        return super().refusal(eps, num_classes)
 
 
 class SquareAttack(_Attack):
@@ -126,6 +181,9 @@ class SquareAttack(_Attack):
     name: Literal["square"]
     queries: int = Field(5000, ge=1, le=100_000)
     p_init: float = Field(0.8, gt=0, le=1)
+
+    def gradient_cost(self, num_classes: int) -> int:
+        return self.queries
 
 
 class AutoAttackEnsemble(_Attack):
@@ -136,6 +194,10 @@ class AutoAttackEnsemble(_Attack):
     steps: int = Field(100, ge=1, le=10_000, description="APGD iterations.")
     target_classes: int = Field(9, ge=1, le=1000, description="APGD-T target classes.")
     queries: int = Field(5000, ge=1, le=100_000, description="Square queries.")
+
+    def gradient_cost(self, num_classes: int) -> int:
+        targeted = self.steps * min(self.target_classes, num_classes - 1) if num_classes >= 3 else 0
+        return self.steps + targeted + self.queries
 
 
 AttackEntry = (
@@ -162,36 +224,172 @@ ATTACK_NAMES = (
     "autoattack",
 )
 
+_ATTACK_ADAPTER: TypeAdapter[AttackEntry] = TypeAdapter(AttackSpec)
+
+Strength = Literal["weak", "standard", "strong"]
+
+
+class PresetInfo(BaseModel):
+    """A named set of attacks, run at the audit's ``norm`` and ``eps``."""
+
+    name: str
+    description: str
+    strength: Strength = Field(
+        description="weak: an upper bound on robust accuracy, for a first look; standard: a "
+        "tuned PGD; strong: AutoAttack, today's standard for a trustworthy number."
+    )
+    attacks: list[dict[str, Any]] = Field(description="Attack entries without norm and eps.")
+
+
+PRESETS: dict[str, PresetInfo] = {
+    preset.name: preset
+    for preset in (
+        PresetInfo(
+            name="quick",
+            description="FGSM and PGD-10: a fast first look. Weak attacks: the numbers are an "
+            "upper bound on robust accuracy.",
+            strength="weak",
+            attacks=[{"name": "fgsm"}, {"name": "pgd", "steps": 10}],
+        ),
+        PresetInfo(
+            name="standard",
+            description="PGD-50 with 3 random restarts.",
+            strength="standard",
+            attacks=[{"name": "pgd", "steps": 50, "restarts": 3}],
+        ),
+        PresetInfo(
+            name="autoattack",
+            description="AutoAttack: APGD-CE, APGD-T and Square, worst case per example (the "
+            "default).",
+            strength="strong",
+            attacks=[{"name": "autoattack"}],
+        ),
+    )
+}
 Preset = Literal["quick", "standard", "autoattack"]
+DEFAULT_PRESET: Preset = "autoattack"
+DEFAULT_EPS: dict[str, list[float]] = {"linf": [8 / 255], "l2": [0.5]}
+
+# Attacks whose numbers alone are an upper bound at best: single steps and few iterations.
+_WEAK_ATTACKS = frozenset({"fgsm", "rfgsm"})
+_STRONG_ATTACKS = frozenset({"autoattack", "apgd-ce", "apgd-t", "square"})
+_STRONG_PGD_STEPS = 50
 
 
 def preset_attacks(preset: str, norm: str, eps: list[float]) -> list[AttackEntry]:
-    """The attacks a preset stands for: ``quick`` (FGSM + PGD-10) and ``standard`` (PGD-50,
-    3 restarts) for CI tiers, ``autoattack`` (the strong default)."""
-    if preset == "quick":
-        return [
-            FgsmAttack(name="fgsm", norm=norm, eps=eps),
-            PgdAttack(name="pgd", norm=norm, eps=eps, steps=10),
-        ]
-    if preset == "standard":
-        return [PgdAttack(name="pgd", norm=norm, eps=eps, steps=50, restarts=3)]
-    return [AutoAttackEnsemble(name="autoattack", norm=norm, eps=eps)]
+    """The attacks a preset stands for, at ``norm`` and ``eps``."""
+    return [
+        _ATTACK_ADAPTER.validate_python({**template, "norm": norm, "eps": eps})
+        for template in PRESETS[preset].attacks
+    ]
+
+
+def attack_strength(attacks: list[AttackEntry]) -> Strength:
+    """How far the audit's attacks can be trusted to find adversarial examples: ``strong``
+    with an AutoAttack component or a well-budgeted PGD, ``weak`` with single steps or a
+    handful of iterations only, ``standard`` otherwise."""
+    names = {attack.name for attack in attacks}
+    if names & _STRONG_ATTACKS:
+        return "strong"
+    iterations = [
+        attack.gradient_cost(10) for attack in attacks if attack.name not in _WEAK_ATTACKS
+    ]
+    if not iterations or max(iterations) < 20:
+        return "weak"
+    return "standard"
+
+
+# Validity warnings (adversarial/checks.py) that make the numbers suspect: each fails a gate
+# as a check of its own unless the gate waives it by name.
+GATING_WARNINGS: dict[str, str] = {
+    "nan_gradients": "input gradients are NaN or infinite",
+    "zero_gradients": "input gradients are exactly zero (gradient masking)",
+    "tiny_gradients": "input gradients vanish (a saturated loss)",
+    "probability_outputs": "the model outputs probabilities, so cross-entropy attacks stall",
+    "randomized_model": "the model is random in eval mode",
+    "accuracy_rises_with_eps": "robust accuracy rises with eps",
+    "iterative_weaker_than_fgsm": "an iterative attack is weaker than FGSM",
+    "black_box_beats_white_box": "a black-box attack beats the white-box ones",
+    "attack_no_better_than_noise": "an attack is no better than random noise",
+    "not_broken_at_large_eps": "PGD at half the input range leaves accuracy",
+}
+# Warnings that say something without overstating robustness: never fail a gate.
+INFORMATIONAL_WARNINGS: dict[str, str] = {
+    "non_finite_outputs": "non-finite logits counted as misclassified",
+    "non_finite_values": "NaN or infinite numbers in the result, written as null",
+}
+WarningCode = Literal[
+    "nan_gradients",
+    "zero_gradients",
+    "tiny_gradients",
+    "probability_outputs",
+    "randomized_model",
+    "accuracy_rises_with_eps",
+    "iterative_weaker_than_fgsm",
+    "black_box_beats_white_box",
+    "attack_no_better_than_noise",
+    "not_broken_at_large_eps",
+]
+
+WORST_CASE = "worst_case"
 
 
 class RobustGate(_Strict):
-    """Require a minimum robust accuracy for one attack at one eps."""
+    """Require a minimum robust accuracy at one eps: of one attack, or the per-example worst
+    case over every attack run at that eps and norm (``attack: "worst_case"``)."""
 
-    attack: str
+    attack: str = Field(
+        min_length=1,
+        max_length=40,
+        description="'worst_case' (robust only if no attack at this eps or a smaller one "
+        "fooled the example), or an attack name; an attack the audit does not run is added "
+        "with its defaults at this eps.",
+    )
     eps: float = Field(ge=0, allow_inf_nan=False)
-    norm: Norm | None = Field(None, description="Needed only when the attack runs in two norms.")
+    norm: Norm | None = Field(None, description="Needed only when the eps runs in two norms.")
     value: float = Field(ge=0, le=1)
+
+    def label(self, norm: str) -> str:
+        """The check's name, such as ``worst_case@linf:0.1``."""
+        return f"{self.attack}@{norm}:{self.eps:g}"
+
+    @field_validator("attack")
+    @classmethod
+    def _known_attack(cls, attack: str) -> str:
+        if attack != WORST_CASE and attack not in ATTACK_NAMES:
+            known = ", ".join((WORST_CASE, *ATTACK_NAMES))
+            raise ValueError(f"unknown attack {attack!r}; use one of {known}")
+        return attack
+
+
+def at_point(check: RobustGate, norm: str, eps_values: list[float]) -> bool:
+    """Whether ``check``'s norm and eps are ``norm`` and one of ``eps_values``."""
+    return (check.norm is None or check.norm == norm) and any(
+        same_eps(check.eps, eps) for eps in eps_values
+    )
+
+
+def check_matches(check: RobustGate, name: str, norm: str, eps_values: list[float]) -> bool:
+    """Whether attack ``name`` run in ``norm`` at ``eps_values`` is what ``check`` measures:
+    the one rule shared by the spec's validation and the gate's verdict (a worst-case check
+    takes every attack at its point)."""
+    return check.attack in (WORST_CASE, name) and at_point(check, norm, eps_values)
 
 
 class Gate(_Strict):
-    """A robustness gate: the audit passes when every check holds."""
+    """A robustness gate: passed when every check holds and no validity warning that makes
+    the numbers suspect fired (unless waived by name)."""
 
     min_clean_accuracy: float | None = Field(None, ge=0, le=1)
     min_robust_accuracy: list[RobustGate] = Field(default_factory=list, max_length=100)
+    allow_warnings: list[WarningCode] = Field(
+        default_factory=list,
+        max_length=len(GATING_WARNINGS),
+        description="Validity warnings that do not fail this gate (each output shows the waiver).",
+    )
+    allow_unchecked: bool = Field(
+        False, description="Accept an audit with 'checks': false (no validity checks)."
+    )
 
 
 def same_eps(a: float, b: float) -> bool:
@@ -218,55 +416,115 @@ class AuditSpec(_Strict):
         None,
         min_length=1,
         max_length=32,
-        description="Attacks to run; omit them to use 'preset' (default: autoattack).",
+        description="Attacks to run (after the preset's, when both are given).",
     )
     preset: Preset | None = Field(
         None,
         description="quick (FGSM + PGD-10), standard (PGD-50, 3 restarts) or autoattack "
-        "(APGD-CE + APGD-T + Square); used when 'attacks' is omitted.",
+        "(APGD-CE + APGD-T + Square); the default (autoattack) when 'attacks' is omitted. "
+        "GET /v1/presets lists them.",
     )
     norm: Norm = Field("linf", description="The preset's norm.")
     eps: EpsList | None = Field(
-        None, description="The preset's eps (default 8/255 for linf, 0.5 for l2)."
+        None,
+        description="The preset's eps, and the default of attacks without one (8/255 for "
+        "linf, 0.5 for l2).",
     )
     gate: Gate | None = None
-    checks: bool = Field(True, description="Run the evaluation validity checks.")
+    checks: bool = Field(
+        True, description="Run the evaluation validity checks (a gate needs allow_unchecked)."
+    )
+
+    def default_eps(self, norm: str) -> list[float]:
+        """``eps`` when given, else the norm's default radius."""
+        return list(self.eps) if self.eps else list(DEFAULT_EPS[norm])
 
     def resolved_attacks(self) -> list[AttackEntry]:
-        """The attacks to run: ``attacks``, or the preset's."""
-        if self.attacks:
-            return list(self.attacks)
-        eps = self.eps or ([8 / 255] if self.norm == "linf" else [0.5])
-        return preset_attacks(self.preset or "autoattack", self.norm, eps)
+        """The attacks to run, each with its radii: the preset's (or the default preset when
+        no attacks are given), then ``attacks``, then attacks that gate checks name but
+        nothing else runs (with their defaults, at the check's eps)."""
+        return [attack for _, attack in self.sourced_attacks()]
+
+    def sourced_attacks(self) -> list[tuple[str, AttackEntry]]:
+        """:meth:`resolved_attacks`, each with the field it comes from."""
+        resolved: list[tuple[str, AttackEntry]] = []
+        if self.preset or not self.attacks:
+            preset = self.preset or DEFAULT_PRESET
+            eps = self.default_eps(self.norm)
+            resolved += [("preset", a) for a in preset_attacks(preset, self.norm, eps)]
+        for index, attack in enumerate(self.attacks or []):
+            if attack.eps is None:
+                attack = attack.model_copy(update={"eps": self.default_eps(attack.norm)})
+            resolved.append((f"attacks[{index}]", attack))
+        checks = self.gate.min_robust_accuracy if self.gate else []
+        for index, check in enumerate(checks):
+            if check.attack == WORST_CASE or any(
+                a.name == check.attack and check.norm in (None, a.norm) for _, a in resolved
+            ):
+                continue
+            implied = {"name": check.attack, "norm": check.norm or self.norm, "eps": [check.eps]}
+            resolved.append(
+                (f"gate.min_robust_accuracy[{index}]", _ATTACK_ADAPTER.validate_python(implied))
+            )
+        return resolved
+
+    def refusals(self, num_classes: int | None) -> list[tuple[str, str]]:
+        """``(field, reason)`` for every attack the engine would refuse."""
+        problems = []
+        for where, attack in self.sourced_attacks():
+            for eps in attack.radii():
+                reason = attack.refusal(eps, num_classes)
+                if reason is not None:
+                    problems.append((where, f"{attack.name}: {reason}"))
+        return problems
+
+    def gradient_evaluations(self, num_examples: int, num_classes: int) -> int:
+        """Planned gradient evaluations (model queries for score-based attacks) at most:
+        every example attacked at every eps, plus the validity checks."""
+        per_example = sum(
+            attack.gradient_cost(num_classes) * len(attack.radii())
+            for attack in self.resolved_attacks()
+        )
+        checks = (min(num_examples, 256) + 20 * min(num_examples, 100)) if self.checks else 0
+        return num_examples * per_example + checks
+
+    def result_cells(self, num_classes: int) -> int:
+        """How many numbers the result's per-attack tables hold (per-class accuracy, and
+        the confusion matrix up to 100 classes), to bound the result's size."""
+        entries = sum(len(attack.radii()) for attack in self.resolved_attacks())
+        per_entry = num_classes + (num_classes**2 if num_classes <= 100 else 0)
+        return entries * per_entry
 
     @field_validator("attacks")
     @classmethod
     def _eps_unique(cls, attacks: list[AttackEntry] | None) -> list[AttackEntry] | None:
         for attack in attacks or []:
-            for i, eps in enumerate(attack.eps):
-                if any(same_eps(eps, other) for other in attack.eps[:i]):
+            for i, eps in enumerate(attack.eps or []):
+                if any(same_eps(eps, other) for other in (attack.eps or [])[:i]):
                     raise ValueError(f"{attack.name}: eps {eps:g} is listed twice")
         return attacks
 
     @model_validator(mode="after")
-    def _gate_refers_to_attacks(self) -> AuditSpec:
-        if self.attacks and (self.preset or self.eps):
-            raise ValueError("give either 'attacks' or 'preset' with 'eps', not both")
-        if self.gate is None:
-            return self
+    def _consistent(self) -> AuditSpec:
+        if self.gate is not None and not self.checks and not self.gate.allow_unchecked:
+            raise ValueError(
+                "a gate needs the validity checks: with 'checks': false, nothing would tell a "
+                "masked model from a robust one; set gate.allow_unchecked to accept that"
+            )
         attacks = self.resolved_attacks()
-        for check in self.gate.min_robust_accuracy:
-            matches = [
-                attack
-                for attack in attacks
-                if attack.name == check.attack
-                and (check.norm is None or attack.norm == check.norm)
-                and any(same_eps(check.eps, eps) for eps in attack.eps)
-            ]
+        for where, reason in self.refusals(None):
+            raise ValueError(f"{where}: {reason}")
+        for check in self.gate.min_robust_accuracy if self.gate else []:
+            matches = [a for a in attacks if check_matches(check, a.name, a.norm, a.radii())]
             if not matches:
+                runs = [a for a in attacks if check.attack in (WORST_CASE, a.name)]
+                what = "attack" if check.attack == WORST_CASE else f"{check.attack} entry"
+                running = ", ".join(
+                    f"{a.name}@{a.norm}:" + ",".join(f"{e:g}" for e in a.radii()) for a in runs
+                )
                 raise ValueError(
-                    f"gate check {check.attack}@{check.eps:g} matches no attack and eps in "
-                    "'attacks'"
+                    f"gate check {check.attack}@{check.eps:g}: no {what} runs at that eps"
+                    + (f" (the audit runs {running}; add the eps there)" if running else "")
                 )
             if len({attack.norm for attack in matches}) > 1:
                 raise ValueError(
@@ -288,7 +546,12 @@ JobSpec = AuditSpec
 USER_JOB_KINDS = ("audit",)
 
 
-def request_hash(spec: BaseModel) -> str:
-    """A digest of a validated spec, to tell an idempotent replay from a different request."""
-    canonical = json.dumps(spec.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+def request_hash(spec: BaseModel, engine_version: str) -> str:
+    """A digest of a validated spec and the engine that will run it, to tell an idempotent
+    replay from a different request (or from the same request to an older engine)."""
+    canonical = json.dumps(
+        {"spec": spec.model_dump(mode="json"), "engine_version": engine_version},
+        sort_keys=True,
+        separators=(",", ":"),
+    )
     return hashlib.sha256(canonical.encode()).hexdigest()

@@ -9,6 +9,7 @@ from torch import nn
 
 from adversarial.attacks import FGSM, PGD, make_attack
 from adversarial.evaluation import AttackConfig, evaluate
+from adversarial.randomness import GeneratorSource
 from adversarial.threat import L2Ball, LinfBall, make_threat_model
 from tests.trained import digits_arrays, trained_digits_cnn
 
@@ -91,7 +92,9 @@ def test_threat_models_project() -> None:
 
 def test_l2_random_init_is_inside_the_ball() -> None:
     x = torch.full((64, 3, 8, 8), 0.5)
-    start = L2Ball(0.3).random_init(x, torch.Generator().manual_seed(0))
+    start = L2Ball(0.3).random_init(
+        x, GeneratorSource(x.shape[0], torch.Generator().manual_seed(0))
+    )
     norms = (start - x).flatten(1).norm(dim=1)
     assert (norms <= 0.3 + 1e-6).all()
     assert norms.mean() > 0.2

@@ -371,9 +371,9 @@ def test_square_agrees_with_torchattacks(model, data, monkeypatch, norm, eps) ->
     # draws corners in [0, H - side), which on 8x8 digits leaves them out of every square.
     assert ours() <= theirs + 0.02
 
-    def reference_corners(count, side, height, width, like, generator):
+    def reference_corners(side, height, width, like, random):
         def draw(size: int) -> torch.Tensor:
-            return torch.randint(0, max(size - side, 1), (count,), generator=generator)
+            return random.integers(0, max(size - side, 1), (), device=like.device)
 
         return draw(height), draw(width)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from fastapi.testclient import TestClient
 
+from service.jobs.specs import AuditSpec
 from service.tables import ModelStatus
 from tests.factories import audit_spec, dataset_row, model_row
 
@@ -90,7 +91,7 @@ def test_idempotency_keys_are_per_tenant(client: TestClient, make_tenant) -> Non
         (
             {"gate": {"min_robust_accuracy": [{"attack": "pgd", "eps": 0.3, "value": 0.5}]}},
             "body",
-            "matches no attack",
+            "no pgd entry runs at that eps",
         ),
         ({"gate": {"min_clean_accuracy": 1.5}}, "gate.min_clean_accuracy", "less than or equal"),
     ],
@@ -268,16 +269,44 @@ def test_preset_gate_refers_to_preset_attacks(client: TestClient, tenant, model_
     )
     del spec["attacks"]
     assert submit(client, tenant.headers, spec).status_code == 202
-    spec["gate"]["min_robust_accuracy"][0]["attack"] = "autoattack"
+    # The preset runs pgd at 0.1 only: a check at another eps says where to add it.
+    spec["gate"]["min_robust_accuracy"][0]["eps"] = 0.2
     response = submit(client, tenant.headers, spec)
     assert response.status_code == 422
-    assert "matches no attack" in response.json()["detail"]
+    assert "no pgd entry runs at that eps" in response.json()["detail"]
+    assert "pgd@linf:0.1" in response.json()["detail"]
 
 
-def test_attacks_and_preset_together_are_422(client: TestClient, tenant, model_id) -> None:
-    response = submit(client, tenant.headers, audit_spec(model_id, preset="quick"))
-    assert response.status_code == 422
-    assert "either 'attacks' or 'preset'" in response.json()["detail"]
+def test_gate_naming_an_attack_not_run_adds_it() -> None:
+    spec = AuditSpec.model_validate(
+        {
+            "kind": "audit",
+            "model_id": "m_1",
+            "eps": [0.1],
+            "gate": {"min_robust_accuracy": [{"attack": "pgd", "eps": 0.1, "value": 0.9}]},
+        }
+    )
+    resolved = spec.resolved_attacks()
+    assert [(a.name, a.radii()) for a in resolved] == [("autoattack", [0.1]), ("pgd", [0.1])]
+    assert resolved[1].params()["steps"] == 10  # the attack's own defaults
+
+
+def test_attacks_follow_the_preset_when_both_are_given() -> None:
+    spec = AuditSpec.model_validate(
+        {
+            "kind": "audit",
+            "model_id": "m_1",
+            "preset": "quick",
+            "eps": [0.05],
+            "attacks": [{"name": "square", "queries": 100}, {"name": "bim", "eps": [0.2]}],
+        }
+    )
+    assert [(a.name, a.radii()) for a in spec.resolved_attacks()] == [
+        ("fgsm", [0.05]),
+        ("pgd", [0.05]),
+        ("square", [0.05]),
+        ("bim", [0.2]),
+    ]
 
 
 def test_target_class_beyond_the_model_is_422(client: TestClient, tenant, model_id) -> None:
@@ -287,7 +316,9 @@ def test_target_class_beyond_the_model_is_422(client: TestClient, tenant, model_
         audit_spec(model_id, attacks=[{"name": "pgd", "eps": [0.1], "target": 10}]),
     )
     assert response.status_code == 422
-    assert response.json()["errors"][0]["field"] == "attacks[0].target"
+    error = response.json()["errors"][0]
+    assert error["field"] == "attacks[0]"
+    assert "target class 10 does not exist" in error["reason"]
 
 
 def test_report_link_opens_the_report_without_the_key(client: TestClient, make_tenant) -> None:

@@ -11,6 +11,7 @@ import torch
 from adversarial.evaluation import AttackConfig, evaluate
 from adversarial.models.loading import ModelSpec, load_model
 from service.database import session_scope, utcnow
+from service.engine import engine_version
 from service.jobs import repository
 from service.models import repository as models
 from service.tables import JobStatus, ModelStatus
@@ -127,7 +128,7 @@ def test_audit_result_matches_the_engine(settings, ready_model) -> None:
     from worker.loading import subset
 
     x, y = load_builtin("digits", "test")
-    x, y, _ = subset(x, y, 200, 3)
+    x, y, indices = subset(x, y, 200, 3)
     model = load_model(digits_onnx(), ModelSpec("onnx", (1, 8, 8), 10))
     direct = evaluate(
         model,
@@ -139,6 +140,7 @@ def test_audit_result_matches_the_engine(settings, ready_model) -> None:
         ],
         num_classes=10,
         seed=3,
+        example_ids=torch.from_numpy(indices),
     )
     assert result["num_examples"] == 200
     assert result["clean_accuracy"] == direct.clean_accuracy
@@ -147,8 +149,12 @@ def test_audit_result_matches_the_engine(settings, ready_model) -> None:
     ]
     gate = result["gate"]
     assert gate["passed"] is False
-    assert [c["passed"] for c in gate["checks"]] == [True, False]
-    assert gate["checks"][1]["value"] == result["attacks"][1]["robust_accuracy"]
+    named = [c for c in gate["checks"] if c["kind"] != "validity"]
+    assert [c["passed"] for c in named] == [True, False]
+    assert named[1]["value"] == result["attacks"][1]["robust_accuracy"]
+    assert named[1]["worst_case"] == result["worst_case"][0]["robust_accuracy"]
+    assert result["engine_version"] == engine_version()
+    assert result["batch_size"] == settings.eval_batch_size
 
 
 def test_a_job_runs_once_when_delivered_twice(settings, ready_model) -> None:

@@ -1,4 +1,8 @@
-"""The audit: clean accuracy, each attack at each eps, validity checks, the gate, artifacts."""
+"""The audit runner: reads the rows, runs :func:`adversarial.audit.audit`, writes the result.
+
+The pipeline itself is the engine's; this module only moves rows and files and turns the
+engine's outcome into the result document (with the gate's verdict).
+"""
 
 from __future__ import annotations
 
@@ -7,12 +11,14 @@ import time
 from typing import Any
 
 import numpy as np
+import torch
 from sqlalchemy.orm import Session
 
-from adversarial.checks import Finding, large_eps_check, model_checks, result_checks
-from adversarial.evaluation import AttackConfig, EvaluationResult, evaluate
+from adversarial.audit import AuditConfig, AuditOutcome, audit
+from adversarial.evaluation import AttackConfig
 from service.database import session_scope
 from service.datasets import repository as datasets
+from service.engine import engine_version
 from service.jobs import repository as jobs
 from service.jobs.results import (
     ArtifactRef,
@@ -23,14 +29,15 @@ from service.jobs.results import (
     NoiseResult,
     Warning_,
     WorstCaseResult,
+    audit_notes,
     gate_for,
 )
 from service.jobs.service import PER_SAMPLE_ARTIFACT
-from service.jobs.specs import AuditSpec
+from service.jobs.specs import AuditSpec, attack_strength
 from service.models import repository as models
 from service.settings import get_settings
 from service.storage import ArtifactStore, get_store
-from service.tables import Artifact, Job, new_id
+from service.tables import Artifact, Dataset, Job, Model, new_id
 from worker.lease import Lease
 from worker.loading import load_examples, load_user_model, select_device, subset
 
@@ -41,41 +48,25 @@ def attack_configs(spec: AuditSpec) -> list[AttackConfig]:
     return [
         AttackConfig(name=attack.name, norm=attack.norm, eps=eps, params=attack.params())
         for attack in spec.resolved_attacks()
-        for eps in sorted(attack.eps)
+        for eps in sorted(attack.radii())
     ]
 
 
-def curves(evaluation: EvaluationResult) -> list[Curve]:
+def curves(outcome: AuditOutcome) -> list[Curve]:
     """Robust accuracy against eps, one curve per attack family."""
     families: dict[tuple[str, str, str], Curve] = {}
-    for outcome in evaluation.outcomes:
+    for attack in outcome.evaluation.outcomes:
         curve = families.setdefault(
-            outcome.config.family,
-            Curve(attack=outcome.config.name, norm=outcome.config.norm, eps=[], robust_accuracy=[]),
+            attack.config.family,
+            Curve(attack=attack.config.name, norm=attack.config.norm, eps=[], robust_accuracy=[]),
         )
-        curve.eps.append(outcome.config.eps)
-        curve.robust_accuracy.append(outcome.robust_accuracy)
+        curve.eps.append(attack.config.eps)
+        curve.robust_accuracy.append(attack.robust_accuracy)
     return list(families.values())
 
 
-def per_sample_npz(
-    evaluation: EvaluationResult, indices: np.ndarray, x: np.ndarray, y: np.ndarray
-) -> bytes:
-    """The per-example export: dataset indices, clean inputs, labels, clean predictions and,
-    per norm, the smallest eps at which each example fell, that adversarial input and its
-    prediction."""
-    arrays: dict[str, np.ndarray] = {
-        "indices": indices.astype(np.int64),
-        "clean_inputs": x.astype(np.float32),
-        "labels": y.astype(np.int64),
-        "clean_predictions": evaluation.clean_predictions.numpy(),
-        "clean_confidences": evaluation.clean_confidences.numpy(),
-    }
-    for summary in evaluation.per_sample:
-        arrays[f"fell_at_{summary.norm}"] = summary.fell_at.numpy()
-        arrays[f"adversarial_{summary.norm}"] = summary.adversarial_inputs.numpy()
-        arrays[f"predictions_{summary.norm}"] = summary.adversarial_predictions.numpy()
-        arrays[f"confidences_{summary.norm}"] = summary.adversarial_confidences.numpy()
+def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
+    """Arrays as a compressed ``.npz`` file."""
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **arrays)  # type: ignore[arg-type]
     return buffer.getvalue()
@@ -83,15 +74,14 @@ def per_sample_npz(
 
 def audit_result(
     spec: AuditSpec,
-    evaluation: EvaluationResult,
+    outcome: AuditOutcome,
     *,
     device: str,
     seconds: float,
-    findings: list[Finding],
-    large_eps_accuracy: float | None,
     artifacts: list[ArtifactRef],
 ) -> AuditResult:
-    """The result document of an audit."""
+    """The result document of an audit, with the gate's verdict."""
+    evaluation = outcome.evaluation
     attacks = [
         AttackResult(
             name=o.config.name,
@@ -115,6 +105,15 @@ def audit_result(
         )
         for o in evaluation.outcomes
     ]
+    worst_case = [
+        WorstCaseResult(
+            norm=w.norm, eps=w.eps, attacks=w.attacks, robust_accuracy=w.robust_accuracy
+        )
+        for w in evaluation.worst_cases
+    ]
+    warnings = [Warning_(code=f.code, message=f.message) for f in outcome.findings]
+    gate = gate_for(spec, evaluation.clean_accuracy, attacks, worst_case, warnings)
+    strength = attack_strength(spec.resolved_attacks())
     return AuditResult(
         model_id=spec.model_id,
         dataset_id=spec.dataset_id,
@@ -125,21 +124,23 @@ def audit_result(
         clean_accuracy=evaluation.clean_accuracy,
         per_class_clean_accuracy=evaluation.per_class_clean_accuracy,
         attacks=attacks,
-        curves=curves(evaluation),
-        worst_case=[
-            WorstCaseResult(
-                norm=w.norm, eps=w.eps, attacks=w.attacks, robust_accuracy=w.robust_accuracy
-            )
-            for w in evaluation.worst_cases
-        ],
+        curves=curves(outcome),
+        worst_case=worst_case,
         noise_baseline=[
             NoiseResult(norm=n.norm, eps=n.eps, accuracy=n.accuracy) for n in evaluation.noise
         ],
-        large_eps_accuracy=large_eps_accuracy,
-        warnings=[Warning_(code=f.code, message=f.message) for f in findings],
-        gate=gate_for(spec, evaluation.clean_accuracy, attacks),
+        large_eps_accuracy=outcome.large_eps_accuracy,
+        warnings=warnings,
+        checks=spec.checks,
+        attack_strength=strength,
+        notes=audit_notes(spec, strength, gate),
+        gate=gate,
         artifacts=artifacts,
+        engine_version=engine_version(),
+        batch_size=evaluation.batch_size,
+        final_batch_size=evaluation.final_batch_size,
         seconds=round(seconds, 4),
+        verification_seconds=round(evaluation.verification_seconds, 4),
     )
 
 
@@ -150,18 +151,22 @@ def store_artifact(store: ArtifactStore, name: str, data: bytes, content_type: s
 
 
 class AuditRunner:
-    """Runs an audit spec through :func:`adversarial.evaluation.evaluate` and the checks."""
+    """Runs an audit spec through :func:`adversarial.audit.audit`."""
 
     def run(self, job: Job, lease: Lease) -> dict[str, Any]:
         started = time.perf_counter()
         settings = get_settings()
         store = get_store()
         spec = AuditSpec.model_validate(job.spec)
-        with session_scope() as session:
-            model_row = models.get_any(session, spec.model_id)
-            dataset_row = None
-            if not spec.dataset_id.startswith("builtin:"):
-                dataset_row = datasets.get_any(session, spec.dataset_id)
+
+        def rows() -> tuple[Model | None, Dataset | None]:
+            with session_scope() as session:
+                dataset = None
+                if not spec.dataset_id.startswith("builtin:"):
+                    dataset = datasets.get_any(session, spec.dataset_id)
+                return models.get_any(session, spec.model_id), dataset
+
+        model_row, dataset_row = lease.retry(rows)
         if model_row is None:
             raise LookupError(f"model {spec.model_id} is gone")
 
@@ -170,56 +175,36 @@ class AuditRunner:
         model = load_user_model(model_row, store, settings).to(device)
         x, y = load_examples(spec.dataset_id, spec.split, dataset_row, store, settings)
         x, y, indices = subset(x, y, spec.limit, spec.seed)
-        input_range = (model_row.input_range[0], model_row.input_range[1])
-
-        findings: list[Finding] = []
-        if spec.checks:
-            lease.report(0.0, "checks", "checking the model's outputs and gradients", force=True)
-            findings += model_checks(model, x, y, device=device)
-
-        evaluation = evaluate(
+        config = AuditConfig(
+            attacks=attack_configs(spec),
+            num_classes=model_row.num_classes,
+            input_range=(model_row.input_range[0], model_row.input_range[1]),
+            seed=spec.seed,
+            batch_size=spec.batch_size or settings.eval_batch_size,
+            checks=spec.checks,
+        )
+        outcome = audit(
             model,
             x,
             y,
-            attack_configs(spec),
-            num_classes=model_row.num_classes,
-            input_range=input_range,
-            batch_size=spec.batch_size or settings.eval_batch_size,
+            config,
             device=device,
-            seed=spec.seed,
+            example_ids=torch.from_numpy(indices),
             progress=lease.report,
         )
-        large_eps_accuracy = None
-        if spec.checks:
-            lease.report(1.0, "checks", "checking the attacks' results", force=True)
-            findings += result_checks(evaluation)
-            correct = evaluation.clean_correct
-            if correct.any():
-                large_eps_accuracy, large_eps_findings = large_eps_check(
-                    model,
-                    x[correct],
-                    y[correct],
-                    input_range=input_range,
-                    device=device,
-                    seed=spec.seed,
-                )
-                findings += large_eps_findings
-
         artifacts = [
             store_artifact(
                 store,
                 PER_SAMPLE_ARTIFACT,
-                per_sample_npz(evaluation, indices, x.numpy(), y.numpy()),
+                npz_bytes(outcome.per_sample),
                 "application/octet-stream",
             )
         ]
         result = audit_result(
             spec,
-            evaluation,
+            outcome,
             device=str(device),
             seconds=time.perf_counter() - started,
-            findings=findings,
-            large_eps_accuracy=large_eps_accuracy,
             artifacts=artifacts,
         )
         return result.model_dump(mode="json")

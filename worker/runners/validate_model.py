@@ -11,7 +11,7 @@ from service.database import session_scope, utcnow
 from service.models import repository as models
 from service.settings import get_settings
 from service.storage import get_store
-from service.tables import Job, ModelStatus
+from service.tables import Job, Model, ModelStatus
 from worker.lease import Lease
 from worker.loading import load_user_model, model_spec, select_device
 
@@ -22,8 +22,12 @@ class ValidateModelRunner:
 
     def run(self, job: Job, lease: Lease) -> dict[str, Any]:
         settings = get_settings()
-        with session_scope() as session:
-            row = models.get_any(session, job.spec["model_id"])
+
+        def read() -> Model | None:
+            with session_scope() as session:
+                return models.get_any(session, job.spec["model_id"])
+
+        row = lease.retry(read)
         if row is None:
             raise LookupError(f"model {job.spec['model_id']} is gone")
         lease.report(0.1, "loading", f"loading {row.format} model", force=True)

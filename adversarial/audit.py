@@ -1,0 +1,137 @@
+"""The audit pipeline as one engine function: model checks, every attack, result checks,
+the large-eps check and the per-example export.
+
+It knows nothing of jobs, databases or files: a worker (or a jail process, or a notebook)
+hands it a model, the examples and an :class:`AuditConfig`, and reads an
+:class:`AuditOutcome`. Progress goes to a callback, which may raise to cancel.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from adversarial.checks import Finding, large_eps_check, model_checks, result_checks
+from adversarial.evaluation import AttackConfig, EvaluationResult, ProgressCallback, evaluate
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    """What to measure: attack configurations (one per attack and eps, in report order),
+    the model's classes and input range, the seed, the batch size (``None``: automatic) and
+    whether to run the validity checks."""
+
+    attacks: Sequence[AttackConfig]
+    num_classes: int
+    input_range: tuple[float, float] = (0.0, 1.0)
+    seed: int = 0
+    batch_size: int | None = None
+    checks: bool = True
+
+
+@dataclass
+class AuditOutcome:
+    """What an audit measured, before it becomes a result document."""
+
+    evaluation: EvaluationResult
+    findings: list[Finding]
+    large_eps_accuracy: float | None
+    per_sample: dict[str, np.ndarray] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def _noop(fraction: float, stage: str, message: str) -> None:
+    return None
+
+
+def audit(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    config: AuditConfig,
+    *,
+    device: torch.device | str = "cpu",
+    example_ids: torch.Tensor | None = None,
+    progress: ProgressCallback | None = None,
+) -> AuditOutcome:
+    """Audit ``model`` on ``(x, y)``: clean accuracy, each configured attack, and (with
+    ``config.checks``) the validity checks, including PGD-20 at half the input range.
+
+    ``example_ids`` are the examples' indices in their dataset (default ``0..N-1``): they key
+    the per-example random streams, so a subset or a shard of a dataset gives each example
+    the numbers it gets in the whole. The per-sample export holds ``indices``,
+    ``clean_inputs``, ``labels``, ``clean_predictions``, ``clean_confidences`` and, per norm,
+    ``fell_at_<norm>``, ``adversarial_<norm>``, ``predictions_<norm>`` and
+    ``confidences_<norm>`` (see :func:`per_sample_arrays`).
+    """
+    started = time.perf_counter()
+    report = progress or _noop
+    device = torch.device(device)
+    ids = torch.arange(x.shape[0]) if example_ids is None else example_ids.detach().cpu().long()
+    findings: list[Finding] = []
+    if config.checks:
+        report(0.0, "checks", "checking the model's outputs and gradients")
+        findings += model_checks(model, x, y, device=device)
+
+    evaluation = evaluate(
+        model,
+        x,
+        y,
+        config.attacks,
+        num_classes=config.num_classes,
+        input_range=config.input_range,
+        batch_size=config.batch_size,
+        device=device,
+        seed=config.seed,
+        progress=progress,
+        example_ids=ids,
+    )
+    large_eps_accuracy = None
+    if config.checks:
+        report(1.0, "checks", "checking the attacks' results")
+        findings += result_checks(evaluation)
+        correct = evaluation.clean_correct
+        if correct.any():
+            large_eps_accuracy, large_eps_findings = large_eps_check(
+                model,
+                x[correct],
+                y[correct],
+                input_range=config.input_range,
+                device=device,
+                seed=config.seed,
+                example_ids=ids[correct],
+            )
+            findings += large_eps_findings
+    return AuditOutcome(
+        evaluation=evaluation,
+        findings=findings,
+        large_eps_accuracy=large_eps_accuracy,
+        per_sample=per_sample_arrays(evaluation, ids.numpy(), x.numpy(), y.numpy()),
+        seconds=time.perf_counter() - started,
+    )
+
+
+def per_sample_arrays(
+    evaluation: EvaluationResult, indices: np.ndarray, x: np.ndarray, y: np.ndarray
+) -> dict[str, np.ndarray]:
+    """The per-example export: dataset indices, clean inputs, labels, clean predictions and,
+    per norm, the smallest eps at which each example fell, that adversarial input and its
+    prediction (-1: the model's logits there were not finite)."""
+    arrays: dict[str, np.ndarray] = {
+        "indices": indices.astype(np.int64),
+        "clean_inputs": x.astype(np.float32),
+        "labels": y.astype(np.int64),
+        "clean_predictions": evaluation.clean_predictions.numpy(),
+        "clean_confidences": evaluation.clean_confidences.numpy(),
+    }
+    for summary in evaluation.per_sample:
+        arrays[f"fell_at_{summary.norm}"] = summary.fell_at.numpy()
+        arrays[f"adversarial_{summary.norm}"] = summary.adversarial_inputs.numpy()
+        arrays[f"predictions_{summary.norm}"] = summary.adversarial_predictions.numpy()
+        arrays[f"confidences_{summary.norm}"] = summary.adversarial_confidences.numpy()
+    return arrays
