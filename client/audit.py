@@ -8,8 +8,9 @@ Nothing here is created twice by a retry:
   (uploads have no Idempotency-Key on the server: two first runs racing can still make two
   rows; the oldest is the one reused from then on, so the job keys stay stable);
 - the job: ``POST /v1/jobs`` carries an Idempotency-Key derived from the content (model
-  bytes, meta, spec, dataset), or the one given, so the HTTP retries of one run and a
-  re-run of the whole command get the job that already exists. A job found that way that
+  bytes, meta, spec, dataset) and the server's engine version, or the one given, so the
+  HTTP retries of one run and a re-run of the whole command get the job that already
+  exists, and a run after the server's engine changed audits afresh. A job found that way that
   had failed or been cancelled is submitted again under a key derived from its id;
 - the baseline's audit: its key is the one an audit of the baseline model on the same spec
   has anyway, so it runs once per spec however many candidates are compared with it.
@@ -67,27 +68,53 @@ def derive_key(*parts: str) -> str:
     return KEY_PREFIX + hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:48]
 
 
-def audit_key(model_sha256: str, meta: dict[str, Any], spec: dict[str, Any], dataset: str) -> str:
+def audit_key(
+    model_sha256: str,
+    meta: dict[str, Any],
+    spec: dict[str, Any],
+    dataset: str,
+    engine_version: str,
+) -> str:
     """The content-derived Idempotency-Key of an audit: the model's bytes and meta (as the
-    server stores it), the spec and the dataset's identity."""
+    server stores it), the spec, the dataset's identity and the server's engine version
+    (a verdict never outlives the engine that made it)."""
     return derive_key(
-        "audit-v1",
+        "audit-v2",
         model_sha256,
         canonical(comparable_meta(meta) or meta),
         canonical(spec),
         dataset,
+        engine_version,
     )
 
 
 def baseline_audit_key(
-    baseline_model: dict[str, Any], spec: dict[str, Any], dataset: str, given_key: str | None
+    baseline_model: dict[str, Any],
+    spec: dict[str, Any],
+    dataset: str,
+    given_key: str | None,
+    engine_version: str,
 ) -> str:
     """The baseline's key: derived from the given key; else the key an audit of the
     baseline model on this spec has anyway, so the baseline is audited once per spec
     (by its own pipeline or by the first candidate compared with it), not once per run."""
     if given_key is not None:
         return derive_key("baseline", given_key, str(spec["model_id"]))
-    return audit_key(str(baseline_model.get("file_sha256")), baseline_model, spec, dataset)
+    return audit_key(
+        str(baseline_model.get("file_sha256")), baseline_model, spec, dataset, engine_version
+    )
+
+
+def server_engine_version(client: GauntletClient) -> str:
+    """The engine version the server runs (``GET /v1/version``); ``unknown`` from a server
+    that does not say (its keys then do not change across its upgrades)."""
+    try:
+        version = client.get_json("/v1/version").get("engine_version")
+    except ApiError as error:
+        if error.status != 404:
+            raise
+        return "unknown"
+    return str(version) if version else "unknown"
 
 
 def comparable_meta(meta: dict[str, Any]) -> dict[str, Any] | None:
@@ -397,6 +424,10 @@ class AuditPlan:
     dataset: str
     attacks: list[dict[str, Any]]
     gate: dict[str, Any] | None
+    preset: str | None = None
+    norm: str | None = None
+    eps: list[float] | None = None
+    checks: bool = True
     split: str = "test"
     limit: int | None = None
     seed: int = 0
@@ -413,6 +444,10 @@ class AuditPlan:
             dataset_id,
             self.attacks,
             self.gate,
+            preset=self.preset,
+            norm=self.norm,
+            eps=self.eps,
+            checks=self.checks,
             split=self.split,
             limit=self.limit,
             seed=self.seed,
@@ -427,6 +462,7 @@ def run_audit(
     leaves what was learned) and raises :class:`GauntletError` on any failure."""
     outcome.baseline_model_id = plan.baseline_model_id
     outcome.max_drop = plan.max_drop
+    outcome.expected_gate = plan.gate
     model, _reused = upload_model(
         client, plan.model_path, plan.model_bytes, plan.meta, progress, reuse=plan.reuse
     )
@@ -451,8 +487,9 @@ def run_audit(
 
     dataset_id, dataset_identity = resolve_dataset(client, plan.dataset, progress)
     spec = plan.spec(model["id"], dataset_id)
+    engine = server_engine_version(client)
     key = plan.idempotency_key or audit_key(
-        str(model["file_sha256"]), plan.meta, spec, dataset_identity
+        str(model["file_sha256"]), plan.meta, spec, dataset_identity, engine
     )
     job, created = submit_audit(client, spec, key, progress, "audit")
     outcome.job = job
@@ -468,7 +505,7 @@ def run_audit(
         else:
             baseline_spec = plan.spec(plan.baseline_model_id, dataset_id)
             baseline_key = baseline_audit_key(
-                baseline_model, baseline_spec, dataset_identity, plan.idempotency_key
+                baseline_model, baseline_spec, dataset_identity, plan.idempotency_key, engine
             )
             baseline_job, created = submit_audit(
                 client, baseline_spec, baseline_key, progress, "baseline"

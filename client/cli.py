@@ -1,8 +1,9 @@
 """``gauntlet``: audit a model against a Gauntlet server and gate a CI pipeline on it.
 
-Exit codes: 0 the gate passed (or no gate and the audit succeeded), 1 the gate failed,
-2 anything else (bad usage, an invalid model, a failed or cancelled job, an HTTP error, an
-unreachable server, a timeout). An error is never 0.
+Exit codes: 0 the gate passed, 1 the gate failed (a check did not hold, or a validity
+warning fired), 2 anything else (bad usage, an invalid model, a failed or cancelled job, an
+HTTP error, an unreachable server, a timeout, a verdict without the checks asked for). An
+error is never 0.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ from client.http import ApiError, GauntletClient, GauntletError, RetryPolicy
 from client.outputs import format_table, pct, summary_text, write_json, write_junit, write_markdown
 from client.progress import Progress
 from client.spec import (
-    PRESETS,
     SpecError,
     build_attacks,
     build_gate,
@@ -50,15 +50,19 @@ http://127.0.0.1:8000), the API key from GAUNTLET_API_KEY."""
 
 EPILOG = """\
 examples:
-  gauntlet audit model.onnx --meta model.meta.json --gate 'clean>=0.9' \\
-      --attack 'pgd:eps=8/255,steps=10' --gate 'pgd@8/255>=0.40' --junit gauntlet.xml
-  gauntlet audit model.onnx --meta model.meta.json --preset standard --eps 8/255 \\
-      --baseline m_0123abcd --max-drop 0.02 --markdown comment.md
-  gauntlet jobs list --status running
+  gauntlet audit model.onnx --meta model.meta.json --eps 8/255 \\
+      --gate 'clean>=0.9' --gate 'robust@8/255>=0.40' --junit gauntlet.xml
+      (AutoAttack, the server's default; robust@EPS is the worst case over every attack)
+  gauntlet audit model.onnx --meta model.meta.json --preset quick --eps 8/255 \\
+      --gate 'pgd@8/255>=0.40' --baseline m_0123abcd --max-drop 0.02 --markdown comment.md
+      (quick: FGSM + PGD-10, a fast look whose numbers are an upper bound)
+  gauntlet presets
   gauntlet report j_0123abcd --open
 
-exit codes: 0 gate passed (or no gate and the audit succeeded); 1 gate failed;
-2 bad usage, invalid model, failed or cancelled job, HTTP error, unreachable server, timeout.
+exit codes: 0 gate passed; 1 gate failed (a check did not hold, or a validity warning
+such as zero_gradients fired: --allow-warning CODE waives one); 2 bad usage, invalid
+model, failed or cancelled job, HTTP error, unreachable server, timeout, or a verdict
+without the checks asked for.
 """
 
 
@@ -204,11 +208,10 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--batch-size", type=_positive_int, metavar="N")
     audit.add_argument(
         "--preset",
-        action="append",
-        default=[],
-        choices=list(PRESETS),
-        help="; ".join(f"{name}: {p.description}" for name, p in PRESETS.items())
-        + " (default quick, unless --attack is given)",
+        metavar="NAME",
+        help="a named set of attacks the server defines (gauntlet presets lists them): "
+        "autoattack (the default unless --attack is given), standard (PGD-50, 3 restarts) "
+        "or quick (FGSM + PGD-10, an upper bound); --attack entries run after it",
     )
     audit.add_argument(
         "--attack",
@@ -223,13 +226,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--eps",
         type=_argument_type(parse_eps_list),
         metavar="EPS[,EPS...]",
-        help="radius for presets and attacks without eps (default 8/255 for linf)",
+        help="radius for the preset and attacks without eps (server default: 8/255 for "
+        "linf, 0.5 for l2)",
     )
     audit.add_argument(
         "--norm",
         type=_argument_type(parse_norm),
-        default="linf",
-        help="linf (default) or l2, for presets and attacks without norm",
+        help="linf (the server's default) or l2, for the preset and attacks without norm",
     )
     audit.add_argument(
         "--gate",
@@ -237,7 +240,23 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         type=_argument_type(parse_gate),
         metavar="CHECK",
-        help="'clean>=0.9', 'pgd@8/255>=0.40' or 'pgd@l2:0.5>=40%%' (repeatable)",
+        help="'robust@8/255>=0.40' (the per-example worst case over every attack), "
+        "'clean>=0.9', or one attack: 'pgd@8/255>=0.40', 'pgd@l2:0.5>=40%%' (an attack the "
+        "audit does not run is added). Repeatable. The validity checks always gate too",
+    )
+    audit.add_argument(
+        "--allow-warning",
+        action="append",
+        default=[],
+        metavar="CODE",
+        help="do not fail the gate on this validity warning (e.g. randomized_model); the "
+        "outputs show the waiver (repeatable; gauntlet presets lists the codes)",
+    )
+    audit.add_argument(
+        "--no-checks",
+        action="store_true",
+        help="skip the validity checks (the gate then cannot see gradient masking; the "
+        "outputs say the checks were off)",
     )
     audit.add_argument(
         "--baseline",
@@ -284,6 +303,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="where to write it (default gauntlet-report-JOB.html; a temporary file with --open)",
     )
     report.set_defaults(handler=command_report)
+
+    presets = command("presets", "list the server's attack presets and validity warnings")
+    presets.add_argument("--format", choices=("table", "json"), default="table")
+    presets.set_defaults(handler=command_presets)
 
     cancel = command("cancel", "cancel a job (a running one stops at its next heartbeat)")
     cancel.add_argument("job_id", metavar="JOB")
@@ -436,8 +459,10 @@ def plan_audit(args: argparse.Namespace) -> AuditPlan:
     if args.idempotency_key is not None and not 1 <= len(args.idempotency_key) <= 200:
         raise UsageError("--idempotency-key must be 1 to 200 characters")
     try:
-        attacks = build_attacks(args.preset, args.attack, norm=args.norm, eps=args.eps)
-        gate = build_gate(args.gate, attacks)
+        attacks = build_attacks(args.attack)
+        gate = build_gate(
+            args.gate, allow_warnings=args.allow_warning, allow_unchecked=args.no_checks
+        )
     except SpecError as error:
         raise UsageError(str(error)) from None
     if not args.model_file.is_file():
@@ -457,6 +482,10 @@ def plan_audit(args: argparse.Namespace) -> AuditPlan:
         dataset=args.dataset,
         attacks=attacks,
         gate=gate,
+        preset=args.preset,
+        norm=args.norm,
+        eps=args.eps,
+        checks=not args.no_checks,
         split=args.split,
         limit=args.limit,
         seed=args.seed,
@@ -493,6 +522,8 @@ def command_wait(args: argparse.Namespace) -> int:
         outcome.server = server_url(args)
         with sigterm_interrupts(), make_client(args, progress, args.timeout) as client:
             outcome.job = client.get_json(f"/v1/jobs/{args.job_id}")
+            # What the job itself asked for is what its verdict must contain.
+            outcome.expected_gate = (outcome.job.get("spec") or {}).get("gate")
             outcome.job = wait_jobs(client, [(args.job_id, "job")], progress)[args.job_id]
             if outcome.job.get("model_id"):
                 try:
@@ -539,6 +570,44 @@ def command_report(args: argparse.Namespace) -> int:
     _out(str(path))
     if args.open and not webbrowser.open(path.resolve().as_uri()):
         _err(f"no web browser could be opened; the report is at {path}")
+    return 0
+
+
+def command_presets(args: argparse.Namespace) -> int:
+    """``gauntlet presets``."""
+    with make_client(args) as client:
+        listing = client.get_json("/v1/presets")
+    if args.format == "json":
+        _out(json.dumps(listing, indent=2))
+        return 0
+    rows = []
+    for preset in listing.get("items", []):
+        default = " (default)" if preset.get("name") == listing.get("default") else ""
+        rows.append(
+            [
+                f"{preset.get('name')}{default}",
+                str(preset.get("strength")),
+                preset.get("description"),
+            ]
+        )
+    _out(format_table(["preset", "strength", "attacks"], rows, indent=""))
+    eps = listing.get("default_eps") or {}
+    _out(
+        "\ndefault eps: "
+        + ", ".join(f"{n} {', '.join(f'{e:g}' for e in v)}" for n, v in eps.items())
+    )
+    _out("\nvalidity warnings:")
+    _out(
+        format_table(
+            ["code", "fails the gate", "meaning"],
+            [
+                [w.get("code"), "yes" if w.get("fails_gate") else "no", w.get("description")]
+                for w in listing.get("warnings", [])
+            ],
+            indent="  ",
+        )
+    )
+    _out(f"\nengine {listing.get('engine_version')}")
     return 0
 
 

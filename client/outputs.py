@@ -27,21 +27,41 @@ def points(value: float | None) -> str:
 
 
 def check_condition(check: Check) -> str:
-    """``>= 40.0%`` or ``drop <= 2.0 pp``."""
+    """``>= 40.0%``, ``drop <= 2.0 pp`` or ``does not fire``."""
     if check.kind == "max_drop":
         return f"drop <= {100 * check.threshold:.1f} pp"
+    if check.kind == "validity":
+        return "does not fire"
     return f">= {pct(check.threshold)}"
 
 
 def check_value(check: Check) -> str:
-    """The measured value in the units of its condition."""
+    """The measured value in the units of its condition (and, for one attack, the worst
+    case over every attack at the same eps)."""
     if check.kind == "max_drop":
         return "n/a" if check.value is None else f"{100 * check.value:.1f} pp"
-    return pct(check.value)
+    if check.kind == "validity":
+        return "fired (waived)" if check.waived else ("fired" if check.value else "no")
+    text = pct(check.value)
+    if check.worst_case is not None:
+        text += f" (worst case {pct(check.worst_case)})"
+    return text
+
+
+def check_result(check: Check) -> str:
+    """``pass``, ``FAIL`` or ``waived``."""
+    if check.waived:
+        return "waived"
+    return "pass" if check.passed else "FAIL"
 
 
 def check_failure(check: Check) -> str:
     """Why a check failed, in one sentence."""
+    if check.kind == "validity":
+        return (
+            f"{check.name}: the validity warning {check.name.removeprefix('validity:')} fired, "
+            "so the robust accuracies are suspect (see the warnings; --allow-warning waives it)"
+        )
     if check.value is None:
         return f"{check.name}: not measured (it cannot pass on a number that is missing)"
     if check.kind == "max_drop":
@@ -174,17 +194,15 @@ def summary_text(outcome: Outcome) -> str:
         failed = [c for c in outcome.checks if not c.passed]
         verdict = "PASSED" if not failed else f"FAILED ({len(failed)} of {len(outcome.checks)})"
         lines += ["", f"Gate: {verdict}"]
+        shown = [c for c in outcome.checks if c.kind != "validity" or not c.passed or c.waived]
         lines.append(
             format_table(
                 ["result", "check", "condition", "value"],
-                [
-                    ["pass" if c.passed else "FAIL", c.name, check_condition(c), check_value(c)]
-                    for c in outcome.checks
-                ],
+                [[check_result(c), c.name, check_condition(c), check_value(c)] for c in shown],
             )
         )
-    elif outcome.succeeded:
-        lines += ["", "Gate: none given (the audit succeeded)"]
+        lines.append(f"  {validity_line(outcome)}")
+    lines += notes_lines(outcome, "  - ", "Notes:")
     warnings = _result(outcome.job).get("warnings") or []
     if warnings:
         lines += ["", "Warnings:"]
@@ -205,6 +223,35 @@ def summary_text(outcome: Outcome) -> str:
             )
     lines.append(f"Result: {outcome.verdict} (exit {outcome.exit_code})")
     return "\n".join(lines).lstrip("\n")
+
+
+def validity_line(outcome: Outcome) -> str:
+    """One line on the validity checks: how many gated and held, or that they were off."""
+    validity = [c for c in outcome.checks if c.kind == "validity"]
+    gate = _result(outcome.job).get("gate") or {}
+    if not validity:
+        if gate and not gate.get("validity_checks", True):
+            return (
+                "validity checks: OFF (--no-checks): nothing here tells a robust model from "
+                "a masked one"
+            )
+        return "validity checks: none in the verdict"
+    fired = [c for c in validity if c.value]
+    waived = [c for c in fired if c.waived]
+    text = f"validity checks: {len(validity) - len(fired)} of {len(validity)} held"
+    if fired:
+        text += f"; fired: {', '.join(c.name.removeprefix('validity:') for c in fired)}"
+    if waived:
+        text += f" (waived: {', '.join(c.name.removeprefix('validity:') for c in waived)})"
+    return text
+
+
+def notes_lines(outcome: Outcome, bullet: str, title: str) -> list[str]:
+    """The result's notes (weak attacks, checks off, waivers), as bulleted lines."""
+    notes = _result(outcome.job).get("notes") or []
+    if not notes:
+        return []
+    return ["", title] + [f"{bullet}{note.get('message')}" for note in notes]
 
 
 def junit_tree(outcome: Outcome) -> ET.ElementTree:
@@ -298,11 +345,15 @@ def markdown(outcome: Outcome) -> str:
     if outcome.checks:
         lines += ["", "| check | condition | value | result |", "|---|---|---:|---|"]
         for check in outcome.checks:
-            mark = "✅ pass" if check.passed else "❌ fail"
+            if check.kind == "validity" and check.passed and not check.waived:
+                continue
+            mark = "⚠️ waived" if check.waived else ("✅ pass" if check.passed else "❌ fail")
             lines.append(
                 f"| `{_md(check.name)}` | {_md(check_condition(check))} | "
                 f"{_md(check_value(check))} | {mark} |"
             )
+        lines += ["", _md(validity_line(outcome))]
+    lines += notes_lines(outcome, "- ", "**Notes**")
     warnings = _result(job).get("warnings") or []
     if warnings:
         lines += ["", "**Warnings**", ""]

@@ -1,16 +1,21 @@
 """The verdict of a run: the server's gate checks, the baseline checks, and the exit code.
 
-Exit codes: 0 the gate passed (or there was no gate and the audit succeeded), 1 the gate
-failed, 2 anything else: a usage error, an invalid model, a job that failed or was
-cancelled, an HTTP error, an unreachable server, a timeout. An error is never 0.
+Exit codes: 0 the gate passed, 1 the gate failed, 2 anything else: a usage error, an invalid
+model, a job that failed or was cancelled, an HTTP error, an unreachable server, a timeout,
+or a verdict the client cannot trust. An error is never 0.
+
+The client trusts nothing it did not see: 0 needs a succeeded audit whose result carries a
+gate with ``passed: true``, every check of it passed, and every check the run asked for
+(``--gate``, or the job's own gate for ``gauntlet wait``) present among them.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from client.spec import same_eps
+from client.spec import WORST_CASE, same_eps
 
 EXIT_PASSED = 0
 EXIT_GATE_FAILED = 1
@@ -25,8 +30,10 @@ _DROP_TOLERANCE = 1e-9
 class Check:
     """One condition of the verdict.
 
-    ``kind`` is ``min`` (value >= threshold: the server's gate) or ``max_drop`` (value,
-    the baseline's number minus the candidate's, <= threshold).
+    ``kind`` is ``min`` (value >= threshold: the server's gate), ``max_drop`` (value, the
+    baseline's number minus the candidate's, <= threshold) or ``validity`` (a validity
+    warning that must not fire; value is how often it did). ``category`` is the server's
+    check kind (``clean``, ``robust``, ``worst_case``, ``validity``) or ``baseline``.
     """
 
     name: str
@@ -37,6 +44,9 @@ class Check:
     kind: str = "min"
     candidate: float | None = None
     baseline: float | None = None
+    category: str = ""
+    waived: bool = False
+    worst_case: float | None = None
 
     def as_json(self) -> dict[str, Any]:
         """The check as a JSON object."""
@@ -51,23 +61,103 @@ class Check:
         if self.kind == "max_drop":
             document["candidate"] = self.candidate
             document["baseline"] = self.baseline
+        if self.category:
+            document["category"] = self.category
+        if self.waived:
+            document["waived"] = True
+        if self.worst_case is not None:
+            document["worst_case"] = self.worst_case
         return document
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 def gate_checks(job: dict[str, Any] | None) -> list[Check]:
     """The server's gate checks of a succeeded audit (none without a gate)."""
     result = (job or {}).get("result") or {}
     gate = result.get("gate") or {}
-    return [
-        Check(
-            name=str(check.get("name")),
-            metric=str(check.get("metric", "")),
-            threshold=float(check.get("threshold", 0.0)),
-            value=None if check.get("value") is None else float(check["value"]),
-            passed=bool(check.get("passed")),
+    checks = []
+    for check in gate.get("checks") or []:
+        if not isinstance(check, dict):
+            continue
+        category = str(check.get("kind") or "")
+        checks.append(
+            Check(
+                name=str(check.get("name")),
+                metric=str(check.get("metric", "")),
+                threshold=_number(check.get("threshold")) or 0.0,
+                value=_number(check.get("value")),
+                # Only a literal true passes: a missing or odd field never reads as a pass.
+                passed=check.get("passed") is True,
+                kind="validity" if category == "validity" else "min",
+                category=category,
+                waived=check.get("waived") is True,
+                worst_case=_number(check.get("worst_case")),
+            )
         )
-        for check in gate.get("checks", [])
-    ]
+    return checks
+
+
+@dataclass(frozen=True)
+class Expectation:
+    """A gate check the run asked for, which the server's verdict must contain."""
+
+    category: str  # clean, robust or worst_case
+    threshold: float
+    attack: str | None = None
+    eps: float | None = None
+    norm: str | None = None
+
+    def describe(self) -> str:
+        """``clean>=90.0%`` or ``pgd@linf:0.1>=50.0%``."""
+        if self.category == "clean":
+            return f"clean>={100 * self.threshold:.1f}%"
+        where = f"{self.norm}:" if self.norm else ""
+        return f"{self.attack}@{where}{self.eps:g}>={100 * self.threshold:.1f}%"
+
+    def found_in(self, server_checks: list[dict[str, Any]]) -> bool:
+        """Whether one of the server's checks measures exactly this."""
+        for check in server_checks:
+            if check.get("kind") != self.category:
+                continue
+            threshold = _number(check.get("threshold"))
+            if threshold is None or not math.isclose(threshold, self.threshold, abs_tol=1e-9):
+                continue
+            if self.category == "clean":
+                return True
+            eps = _number(check.get("eps"))
+            if (
+                check.get("attack") == self.attack
+                and eps is not None
+                and self.eps is not None
+                and same_eps(eps, self.eps)
+                and (self.norm is None or check.get("norm") == self.norm)
+            ):
+                return True
+        return False
+
+
+def expectations(gate: dict[str, Any] | None) -> list[Expectation]:
+    """The checks a spec's ``gate`` asks for (the one sent, or a job's stored one)."""
+    if not isinstance(gate, dict):
+        return []
+    expected = []
+    if gate.get("min_clean_accuracy") is not None:
+        expected.append(Expectation("clean", float(gate["min_clean_accuracy"])))
+    for check in gate.get("min_robust_accuracy") or []:
+        attack = str(check.get("attack"))
+        expected.append(
+            Expectation(
+                "worst_case" if attack == WORST_CASE else "robust",
+                float(check.get("value", 0.0)),
+                attack=attack,
+                eps=float(check.get("eps", 0.0)),
+                norm=check.get("norm"),
+            )
+        )
+    return expected
 
 
 def attack_label(attack: dict[str, Any]) -> str:
@@ -150,6 +240,9 @@ class Outcome:
     notes: list[str] = field(default_factory=list)
     # A signed browser link to the report ({url, expires_at}), when asked for and offered.
     report_link: dict[str, str] | None = None
+    # The gate the run asked for (the one it sent, or the job's own for `gauntlet wait`);
+    # the server's verdict must contain every check of it.
+    expected_gate: dict[str, Any] | None = None
 
     @property
     def succeeded(self) -> bool:
@@ -159,12 +252,52 @@ class Outcome:
             j is not None and j["status"] == "succeeded" for j in jobs
         )
 
+    def distrust(self) -> str | None:
+        """Why the server's verdict of a succeeded run cannot be taken as it is, or ``None``."""
+        if not self.succeeded or self.job is None:
+            return None
+        if self.job.get("kind") != "audit":
+            return (
+                f"job {self.job['id']} is a {self.job.get('kind')} job, not an audit: it has no "
+                "gate verdict to pass"
+            )
+        gate = (self.job.get("result") or {}).get("gate")
+        if not isinstance(gate, dict):
+            return (
+                f"audit {self.job['id']} succeeded without a gate verdict; exit 0 needs one "
+                "(submit the audit with a gate)"
+            )
+        if not isinstance(gate.get("passed"), bool):
+            return f"audit {self.job['id']}: the gate verdict has no passed field"
+        server_checks = [c for c in gate.get("checks") or [] if isinstance(c, dict)]
+        missing = [
+            e.describe() for e in expectations(self.expected_gate) if not e.found_in(server_checks)
+        ]
+        if missing:
+            return (
+                f"the server's verdict lacks the check(s) {', '.join(missing)} that this run "
+                "asked for"
+            )
+        if gate["passed"] and not all(check.get("passed") is True for check in server_checks):
+            return "the server's verdict says passed while one of its checks failed"
+        expected = self.expected_gate or {}
+        if not gate.get("validity_checks", True) and not expected.get("allow_unchecked"):
+            return "the audit ran without validity checks, which this run did not allow"
+        unasked = set(gate.get("waived") or []) - set(expected.get("allow_warnings") or [])
+        if unasked:
+            return (
+                f"the server waived warnings this run did not allow: {', '.join(sorted(unasked))}"
+            )
+        return None
+
     @property
     def exit_code(self) -> int:
-        """0 passed, 1 the gate failed, 2 an error."""
-        if not self.succeeded:
+        """0 passed, 1 the gate failed, 2 an error (or a verdict that cannot be trusted)."""
+        if not self.succeeded or self.distrust() is not None:
             return EXIT_ERROR
-        return EXIT_PASSED if all(check.passed for check in self.checks) else EXIT_GATE_FAILED
+        gate = (self.job or {}).get("result", {}).get("gate") or {}
+        passed = gate.get("passed") is True and all(check.passed for check in self.checks)
+        return EXIT_PASSED if passed else EXIT_GATE_FAILED
 
     @property
     def verdict(self) -> str:
@@ -172,9 +305,12 @@ class Outcome:
         return {EXIT_PASSED: "passed", EXIT_GATE_FAILED: "failed"}.get(self.exit_code, "error")
 
     def problem(self) -> str | None:
-        """Why the run did not succeed: the error, or the job that failed; ``None`` if it did."""
+        """Why the run did not succeed (the error, the job that failed, a verdict that cannot
+        be trusted); ``None`` if it did."""
         if self.error is not None:
             return self.error
+        if self.succeeded:
+            return self.distrust()
         for label, job in (("audit", self.job), ("baseline audit", self.baseline_job)):
             if label == "baseline audit" and not self.baseline_model_id:
                 continue

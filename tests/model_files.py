@@ -58,6 +58,25 @@ def digits_small_cnn_safetensors() -> bytes:
     return save_safetensors(model.state_dict())
 
 
+class RoundedInput(nn.Module):
+    """Gradient masking: the network sees its input rounded to ``levels`` grey levels, so
+    every input gradient is exactly zero while the accuracy barely changes."""
+
+    def __init__(self, network: nn.Module, levels: int = 4) -> None:
+        super().__init__()
+        self.network = network
+        self.levels = levels
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.network(torch.round(x * self.levels) / self.levels)
+
+
+@lru_cache
+def masked_digits_onnx() -> bytes:
+    """The trained digits CNN behind a ``round(4x)/4`` input layer, as ONNX."""
+    return onnx_bytes(RoundedInput(trained_digits_cnn()).eval(), torch.rand(2, 1, 8, 8))
+
+
 def meta(fmt: str, **extra: object) -> dict[str, object]:
     """Upload metadata for the digits models."""
     return {**DIGITS_META, "format": fmt, **extra}
@@ -75,11 +94,13 @@ def malicious_pt(canary: Path) -> bytes:
     return buffer.getvalue()
 
 
-def write_upload_files(folder: Path) -> dict[str, Path]:
-    """Write the digits ONNX and its meta to ``folder`` (for command-line tests)."""
+def write_upload_files(folder: Path, *, masked: bool = False) -> dict[str, Path]:
+    """Write the digits ONNX (behind a rounding input layer with ``masked``) and its meta
+    to ``folder`` (for command-line tests)."""
     folder.mkdir(parents=True, exist_ok=True)
-    onnx_path = folder / "digits.onnx"
-    onnx_path.write_bytes(digits_onnx())
-    meta_path = folder / "digits.meta.json"
-    meta_path.write_text(json.dumps(meta("onnx")))
+    name = "masked" if masked else "digits"
+    onnx_path = folder / f"{name}.onnx"
+    onnx_path.write_bytes(masked_digits_onnx() if masked else digits_onnx())
+    meta_path = folder / f"{name}.meta.json"
+    meta_path.write_text(json.dumps(meta("onnx", name=f"{name}-cnn")))
     return {"model": onnx_path, "meta": meta_path}

@@ -15,7 +15,8 @@ from typing import Any
 
 import httpx
 
-from tests.client.samples import attack_result, audit_result
+from tests.client.samples import attack_result, audit_result, validity_check
+from tests.client.samples import check as sample_check
 
 
 @dataclass
@@ -28,6 +29,8 @@ class FakeServer:
     job_outcomes: list[str] = field(default_factory=list)  # statuses of new jobs, in order
     accuracy: Callable[[str], float] = lambda _model_id: 0.9
     report_links: bool = True
+    engine_version: str = "0.1.0+fake0000"
+    warnings: list[str] = field(default_factory=list)  # validity warnings every audit fires
     models: dict[str, dict[str, Any]] = field(default_factory=dict)
     datasets: dict[str, dict[str, Any]] = field(default_factory=dict)
     jobs: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -56,6 +59,10 @@ class FakeServer:
 
     def route(self, request: httpx.Request) -> httpx.Response:
         method, parts = request.method, request.url.path.strip("/").split("/")[1:]
+        if parts == ["version"] and method == "GET":
+            return httpx.Response(
+                200, json={"version": "0.1.0", "engine_version": self.engine_version}
+            )
         if parts == ["models"] and method == "GET":
             return page(list(reversed(self.models.values())))
         if parts == ["models"] and method == "POST":
@@ -175,37 +182,45 @@ class FakeServer:
             job["error"] = {"code": "worker_lost", "message": "the worker died"}
             return
         accuracy = self.accuracy(job["model_id"])
+        spec = job["spec"]
+        entries = list(spec.get("attacks") or [])
+        if spec.get("preset") or not entries:
+            entries = [{"name": "autoattack"}] + entries  # the server's default preset
         attacks = [
             attack_result(a["name"], eps, accuracy / 2, a.get("norm", "linf"))
-            for a in job["spec"]["attacks"]
-            for eps in a["eps"]
+            for a in entries
+            for eps in a.get("eps") or spec.get("eps") or [8 / 255]
         ]
-        gate = job["spec"].get("gate")
+        gate = spec.get("gate")
         checks = None
-        if gate:
+        fired = [{"code": code, "message": f"{code} fired"} for code in self.warnings]
+        if gate is not None:
             checks = []
             if gate.get("min_clean_accuracy") is not None:
-                threshold = gate["min_clean_accuracy"]
-                checks.append(
-                    {
-                        "name": "clean_accuracy",
-                        "metric": "clean_accuracy",
-                        "threshold": threshold,
-                        "value": accuracy,
-                        "passed": accuracy >= threshold,
-                    }
-                )
+                checks.append(sample_check("clean_accuracy", gate["min_clean_accuracy"], accuracy))
             for check in gate.get("min_robust_accuracy", []):
                 checks.append(
-                    {
-                        "name": f"{check['attack']}@linf:{check['eps']:g}",
-                        "metric": "robust_accuracy",
-                        "threshold": check["value"],
-                        "value": accuracy / 2,
-                        "passed": accuracy / 2 >= check["value"],
-                    }
+                    sample_check(
+                        f"{check['attack']}@linf:{check['eps']:g}",
+                        check["value"],
+                        accuracy / 2,
+                        attack=check["attack"],
+                        eps=check["eps"],
+                    )
                 )
-        job["result"] = audit_result(clean=accuracy, attacks=attacks, checks=checks)
+            if spec.get("checks", True):
+                allowed = set(gate.get("allow_warnings") or [])
+                for code in ("zero_gradients", "not_broken_at_large_eps", "randomized_model"):
+                    count = self.warnings.count(code)
+                    checks.append(validity_check(code, count, waived=code in allowed))
+        job["result"] = audit_result(
+            clean=accuracy,
+            attacks=attacks,
+            checks=checks,
+            warnings=fired,
+            waived=sorted(set(self.warnings) & set((gate or {}).get("allow_warnings") or [])),
+            validity_checks=spec.get("checks", True),
+        )
 
     def count(self, method: str, path: str) -> int:
         return sum(1 for m, p in self.requests if (m, p) == (method, path))

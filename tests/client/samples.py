@@ -21,6 +21,8 @@ def audit_result(
     attacks: list[dict] | None = None,
     checks: list[dict] | None = None,
     warnings: list[dict] | None = None,
+    waived: list[str] | None = None,
+    validity_checks: bool = True,
 ) -> dict[str, Any]:
     attacks = (
         attacks
@@ -43,19 +45,64 @@ def audit_result(
         "seconds": 1.5,
     }
     if checks is not None:
-        result["gate"] = {"passed": all(c["passed"] for c in checks), "checks": checks}
+        result["gate"] = {
+            "passed": all(c["passed"] for c in checks),
+            "checks": checks,
+            "waived": waived or [],
+            "validity_checks": validity_checks,
+        }
     return result
 
 
 def check(
-    name: str, threshold: float, value: float | None, metric: str = "robust_accuracy"
+    name: str,
+    threshold: float,
+    value: float | None,
+    metric: str = "robust_accuracy",
+    *,
+    attack: str | None = None,
+    eps: float | None = None,
+    norm: str = "linf",
 ) -> dict:
+    """A gate check as the server writes it; ``clean_accuracy`` or ``ATTACK@NORM:EPS``."""
+    if name == "clean_accuracy":
+        return {
+            "name": name,
+            "kind": "clean",
+            "metric": "clean_accuracy",
+            "threshold": threshold,
+            "value": value,
+            "passed": value is not None and value >= threshold,
+        }
+    if attack is None:
+        attack, _, where = name.partition("@")
+        norm, _, eps_text = where.partition(":")
+        eps = float(eps_text)
     return {
         "name": name,
+        "kind": "worst_case" if attack == "worst_case" else "robust",
         "metric": metric,
         "threshold": threshold,
         "value": value,
         "passed": value is not None and value >= threshold,
+        "attack": attack,
+        "norm": norm,
+        "eps": eps,
+        "worst_case": None if attack == "worst_case" else 0.45,
+    }
+
+
+def validity_check(code: str, fired: int = 0, *, waived: bool = False) -> dict:
+    """A validity check: passed unless the warning fired (and was not waived)."""
+    return {
+        "name": f"validity:{code}",
+        "kind": "validity",
+        "metric": f"no warning: {code}",
+        "threshold": 0.0,
+        "value": float(fired),
+        "passed": fired == 0 or waived,
+        "code": code,
+        "waived": fired > 0 and waived,
     }
 
 

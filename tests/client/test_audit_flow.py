@@ -13,7 +13,7 @@ from client.audit import AuditPlan, audit_key, comparable_meta, run_audit, wait_
 from client.http import DeadlineExceeded, GauntletClient, GauntletError, RetryPolicy
 from client.progress import Progress
 from client.spec import build_attacks, build_gate, parse_attack, parse_gate
-from client.verdict import Outcome
+from client.verdict import Check, Outcome
 from tests.client.fake_server import FakeServer
 from tests.client.test_http import Clock
 
@@ -37,16 +37,21 @@ def connect(server: FakeServer, clock: Clock | None = None, **kwargs) -> Gauntle
 def plan(tmp_path: Path, gates: tuple[str, ...] = ("pgd@0.1>=0.4",), **kwargs) -> AuditPlan:  # type: ignore[no-untyped-def]
     model = tmp_path / "model.onnx"
     model.write_bytes(b"onnx bytes")
-    attacks = build_attacks([], [parse_attack("pgd:eps=0.1,steps=5")])
+    attacks = build_attacks([parse_attack("pgd:eps=0.1,steps=5")])
     return AuditPlan(
         model_path=model,
         model_bytes=model.read_bytes(),
         meta=dict(META),
         dataset=kwargs.pop("dataset", "builtin:digits"),
         attacks=attacks,
-        gate=build_gate([parse_gate(g) for g in gates], attacks),
+        gate=build_gate([parse_gate(g) for g in gates]),
         **kwargs,
     )
+
+
+def named(outcome: Outcome) -> list[Check]:
+    """The checks other than the validity checks."""
+    return [c for c in outcome.checks if c.kind != "validity"]
 
 
 def audit(server: FakeServer, audit_plan: AuditPlan, **kwargs) -> tuple[Outcome, str]:  # type: ignore[no-untyped-def]
@@ -61,18 +66,24 @@ def test_upload_validate_submit_wait_pass(tmp_path: Path) -> None:
     server = FakeServer(validation_polls=2, job_polls=2)
     outcome, log = audit(server, plan(tmp_path))
     assert outcome.exit_code == 0
-    assert [c.name for c in outcome.checks] == ["pgd@linf:0.1"]
+    assert [c.name for c in named(outcome)] == ["pgd@linf:0.1"]
+    assert [c.name for c in outcome.checks if c.kind == "validity"] == [
+        "validity:zero_gradients",
+        "validity:not_broken_at_large_eps",
+        "validity:randomized_model",
+    ]
     assert "uploaded model.onnx as model m_1 (validating)" in log
     assert "submitted audit job j_1" in log
     assert "audit j_1: running 50% attacking: pgd eps=0.1" in log
     (job,) = server.jobs.values()
-    assert job["spec"]["attacks"] == [{"name": "pgd", "norm": "linf", "eps": [0.1], "steps": 5}]
+    assert job["spec"]["attacks"] == [{"name": "pgd", "eps": [0.1], "steps": 5}]
+    assert "preset" not in job["spec"]  # the server's default preset runs first
 
 
 def test_failing_gate(tmp_path: Path) -> None:
     outcome, _ = audit(FakeServer(accuracy=lambda _m: 0.5), plan(tmp_path))
     assert outcome.exit_code == 1
-    assert [c.passed for c in outcome.checks] == [False]
+    assert [c.passed for c in named(outcome)] == [False]
 
 
 def test_invalid_model_is_an_error_with_the_servers_code(tmp_path: Path) -> None:
@@ -200,17 +211,33 @@ def test_a_given_key_used_for_another_audit_is_a_clear_error(tmp_path: Path) -> 
 
 def test_the_derived_key_depends_on_every_input() -> None:
     spec = {"kind": "audit", "model_id": "m_1"}
-    key = audit_key("sha", META, spec, "builtin:digits")
-    assert key == audit_key("sha", dict(META), dict(spec), "builtin:digits")
+    key = audit_key("sha", META, spec, "builtin:digits", "0.1.0+abc")
+    assert key == audit_key("sha", dict(META), dict(spec), "builtin:digits", "0.1.0+abc")
     assert len(key) <= 255
     others = {
-        audit_key("sha2", META, spec, "builtin:digits"),
-        audit_key("sha", {**META, "name": "x"}, spec, "builtin:digits"),
-        audit_key("sha", META, {**spec, "seed": 1}, "builtin:digits"),
-        audit_key("sha", META, spec, "d_1"),
+        audit_key("sha2", META, spec, "builtin:digits", "0.1.0+abc"),
+        audit_key("sha", {**META, "name": "x"}, spec, "builtin:digits", "0.1.0+abc"),
+        audit_key("sha", META, {**spec, "seed": 1}, "builtin:digits", "0.1.0+abc"),
+        audit_key("sha", META, spec, "d_1", "0.1.0+abc"),
+        # Another engine: a new key, so an upgraded server audits afresh.
+        audit_key("sha", META, spec, "builtin:digits", "0.1.0+def"),
     }
     assert key not in others
-    assert len(others) == 4
+    assert len(others) == 5
+
+
+def test_a_rerun_after_an_engine_upgrade_audits_afresh(tmp_path: Path) -> None:
+    server = FakeServer()
+    first, _ = audit(server, plan(tmp_path))
+    again, _ = audit(server, plan(tmp_path))
+    assert again.job is not None
+    assert first.job is not None
+    assert again.job["id"] == first.job["id"]  # same engine: the verdict is replayed
+    server.engine_version = "0.1.0+upgraded"
+    upgraded, _ = audit(server, plan(tmp_path))
+    assert upgraded.job is not None
+    assert upgraded.job["id"] != first.job["id"]
+    assert len(server.jobs) == 2
 
 
 def test_baseline_comparison(tmp_path: Path) -> None:
@@ -222,11 +249,11 @@ def test_baseline_comparison(tmp_path: Path) -> None:
     candidate.model_bytes = b"other onnx bytes"
     outcome, _ = audit(server, candidate)
     assert outcome.exit_code == 1
-    assert [(c.name, c.passed) for c in outcome.checks] == [
+    assert [(c.name, c.passed) for c in named(outcome)] == [
         ("clean_accuracy drop vs baseline", False),
         ("pgd@linf:0.1 drop vs baseline", False),
     ]
-    assert outcome.checks[0].value == pytest.approx(0.07)
+    assert named(outcome)[0].value == pytest.approx(0.07)
     # The baseline's audit on this spec existed already (the first run): it is reused.
     assert outcome.baseline_job is not None
     assert outcome.baseline_job["id"] == "j_1"

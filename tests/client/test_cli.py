@@ -98,7 +98,6 @@ def test_usage_errors_found_after_parsing_exit_2(
     junit = tmp_path / "gauntlet.xml"
     cases = {
         "--max-drop needs --baseline": [*audit_args(files), "--max-drop", "0.02"],
-        "does not run pgd at eps 0.2": [*audit_args(files), "--gate", "pgd@0.2>=0.5"],
         "no such file": ["audit", str(tmp_path / "nope.onnx"), "--meta", str(files["meta"])],
     }
     for message, argv in cases.items():
@@ -153,7 +152,13 @@ def test_audit_exit_codes_and_files(
     assert "Result: passed (exit 0)" in captured.out
     assert "submitted audit job j_1" in captured.err
     names = [c.get("name") for c in ET.parse(tmp_path / "g.xml").getroot().iter("testcase")]
-    assert names == ["clean_accuracy", "pgd@linf:0.1"]
+    assert names == [
+        "clean_accuracy",
+        "pgd@linf:0.1",
+        "validity:zero_gradients",
+        "validity:not_broken_at_large_eps",
+        "validity:randomized_model",
+    ]
     assert json.loads((tmp_path / "g.json").read_text())["verdict"] == "passed"
 
     assert (
@@ -161,6 +166,16 @@ def test_audit_exit_codes_and_files(
         == 1
     )
     assert "gate failed" in (tmp_path / "g.md").read_text()
+
+    # A validity warning fails the gate even when every number passes; a waiver passes it
+    # and says so.
+    fake.warnings = ["zero_gradients"]
+    assert main(audit_args(files, "--gate", "pgd@0.1>=0.4")) == 1
+    assert "fired: zero_gradients" in capsys.readouterr().out
+    assert (
+        main(audit_args(files, "--gate", "pgd@0.1>=0.4", "--allow-warning", "zero_gradients")) == 0
+    )
+    assert "(waived: zero_gradients)" in capsys.readouterr().out
 
 
 def test_audit_of_an_invalid_model_exits_2(

@@ -37,6 +37,11 @@ def junit_cases(path: Path) -> dict[str, ET.Element]:
     return {case.get("name", ""): case for case in suite.findall("testcase")}
 
 
+def named(cases: dict[str, ET.Element]) -> dict[str, ET.Element]:
+    """The JUnit cases other than the validity checks."""
+    return {name: case for name, case in cases.items() if not name.startswith("validity:")}
+
+
 def audit_jobs(service: LiveService) -> list[dict]:
     with service.client() as client:
         return client.get("/v1/jobs", params={"kind": "audit"}).json()["items"]
@@ -59,7 +64,10 @@ def test_passing_gate_exits_0_and_writes_junit_json_markdown(
     assert "Gate: PASSED" in result.stdout
 
     cases = junit_cases(out / "gauntlet.xml")
-    assert sorted(cases) == ["clean_accuracy", "fgsm@linf:0.1", "pgd@linf:0.1"]
+    assert sorted(named(cases)) == ["clean_accuracy", "fgsm@linf:0.1", "pgd@linf:0.1"]
+    # Every validity warning that would make the numbers suspect is a check of its own.
+    assert len(cases) - len(named(cases)) == 10
+    assert "validity:zero_gradients" in cases
     for case in cases.values():
         assert case.get("classname") == "gauntlet.gate"
         assert case.find("failure") is None
@@ -114,7 +122,7 @@ def test_failing_gate_exits_1_and_a_rerun_reuses_model_data_and_job(
     )  # fmt: skip
     first = gauntlet(live_service, *command)
     assert first.returncode == 1, first.stdout + first.stderr
-    assert "Gate: FAILED (1 of 2)" in first.stdout
+    assert "Gate: FAILED (1 of 12)" in first.stdout
     cases = junit_cases(tmp_path / "g.xml")
     assert cases["clean_accuracy"].find("failure") is None
     failure = cases["pgd@linf:0.1"].find("failure")
@@ -223,7 +231,7 @@ def test_baseline_comparison_bounds_the_drop(live_service: LiveService, tmp_path
         "--junit", str(tmp_path / "g.xml"), "--markdown", str(tmp_path / "comment.md"),
     )  # fmt: skip
     assert candidate.returncode == 1, candidate.stdout + candidate.stderr
-    cases = junit_cases(tmp_path / "g.xml")
+    cases = named(junit_cases(tmp_path / "g.xml"))
     assert sorted(cases) == [
         "clean_accuracy drop vs baseline",
         "fgsm@linf:0.1 drop vs baseline",
@@ -244,3 +252,74 @@ def test_baseline_comparison_bounds_the_drop(live_service: LiveService, tmp_path
     )  # fmt: skip
     assert same.returncode == 0, same.stdout + same.stderr
     assert len(audit_jobs(live_service)) == 2
+
+
+def test_a_gradient_masked_model_never_passes_its_gate(
+    live_service: LiveService, tmp_path: Path
+) -> None:
+    # A CNN whose first layer is round(4x)/4: every input gradient is zero, so PGD leaves it
+    # looking robust (over 90% at eps 0.1). The gate must not pass it: not with the default
+    # settings (the server's AutoAttack, whose Square sees through the masking, plus the PGD
+    # the gate names), and not with the quick preset's weak attacks, which its validity
+    # checks disprove.
+    masked = write_upload_files(tmp_path / "masked", masked=True)
+    common = ("audit", str(masked["model"]), "--meta", str(masked["meta"]), "--eps", "0.1")
+    default = gauntlet(
+        live_service, *common, "--gate", "pgd@0.1>=0.9", "--json", str(tmp_path / "d.json")
+    )
+    assert default.returncode == 1, default.stdout + default.stderr
+    document = json.loads((tmp_path / "d.json").read_text())
+    result = document["job"]["result"]
+    assert [a["name"] for a in result["attacks"]] == ["autoattack", "pgd"]
+    pgd = next(c for c in document["checks"] if c["name"] == "pgd@linf:0.1")
+    # PGD alone would pass; the worst case beside it shows why it must not be read alone.
+    assert pgd["passed"]
+    assert pgd["value"] >= 0.9
+    assert pgd["worst_case"] < pgd["value"]
+    fired = {
+        c["name"] for c in document["checks"] if c["category"] == "validity" and not c["passed"]
+    }
+    assert "validity:zero_gradients" in fired
+    assert "worst case" in default.stdout
+
+    quick = gauntlet(live_service, *common, "--preset", "quick", "--gate", "pgd@0.1>=0.9")
+    assert quick.returncode == 1, quick.stdout + quick.stderr
+    assert "fired: " in quick.stdout
+    assert "zero_gradients" in quick.stdout
+    assert "upper bound" in quick.stdout  # the quick preset's numbers say what they are
+
+    # The honest CNN with a gate it meets still passes, with the default settings.
+    honest = write_upload_files(tmp_path / "honest")
+    passed = gauntlet(
+        live_service, "audit", str(honest["model"]), "--meta", str(honest["meta"]),
+        "--eps", "0.1", "--gate", "robust@0.1>=0.3", "--gate", "pgd@0.1>=0.3",
+    )  # fmt: skip
+    assert passed.returncode == 0, passed.stdout + passed.stderr
+    assert "validity checks: 10 of 10 held" in passed.stdout
+
+
+def test_wait_exits_2_on_what_has_no_verdict(live_service: LiveService, tmp_path: Path) -> None:
+    files = write_upload_files(tmp_path)
+    audited = gauntlet(
+        live_service, "audit", str(files["model"]), "--meta", str(files["meta"]), *ATTACKS,
+        "--json", str(tmp_path / "a.json"),
+    )  # fmt: skip
+    assert audited.returncode == 0, audited.stdout + audited.stderr
+    model_id = json.loads((tmp_path / "a.json").read_text())["job"]["model_id"]
+    with live_service.client() as client:
+        validation = client.get("/v1/models/" + model_id).json()["validation_job_id"]
+        # An audit submitted without a gate (through the API) has no verdict to pass.
+        ungated = client.post(
+            "/v1/jobs",
+            json={
+                "kind": "audit",
+                "model_id": model_id,
+                "attacks": [{"name": "fgsm", "eps": [0.1]}],
+            },
+        ).json()
+    not_audit = gauntlet(live_service, "wait", validation)
+    assert not_audit.returncode == 2, not_audit.stdout + not_audit.stderr
+    assert "not an audit" in not_audit.stderr
+    no_gate = gauntlet(live_service, "wait", ungated["id"])
+    assert no_gate.returncode == 2, no_gate.stdout + no_gate.stderr
+    assert "without a gate verdict" in no_gate.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from client.outputs import (
 )
 from client.spec import eps_label
 from client.verdict import Outcome, baseline_checks, gate_checks
-from tests.client.samples import attack_result, audit_result, check, job
+from tests.client.samples import attack_result, audit_result, check, job, validity_check
 
 SERVER = "http://gauntlet.test"
 
@@ -42,8 +43,10 @@ def test_exit_codes() -> None:
     passing = judged(job(result=audit_result(checks=[check("pgd@linf:0.1", 0.4, 0.5)])))
     assert (passing.exit_code, passing.verdict) == (0, "passed")
     assert failing_gate_outcome().exit_code == 1
+    # A succeeded audit without a gate verdict is no pass: nothing the run asked held.
     no_gate = judged(job(result=audit_result()))
-    assert (no_gate.checks, no_gate.exit_code) == ([], 0)
+    assert (no_gate.checks, no_gate.exit_code) == ([], 2)
+    assert "without a gate verdict" in (no_gate.problem() or "")
     for status in ("failed", "cancelled", "running"):
         assert judged(job(status=status)).exit_code == 2
     # An error is never a pass, even with every check passing.
@@ -58,6 +61,74 @@ def test_exit_codes() -> None:
     )
     assert with_baseline.exit_code == 2
     assert "baseline audit job j_2 failed: [x] y" in (with_baseline.problem() or "")
+
+
+def test_the_client_trusts_nothing_it_did_not_see() -> None:
+    asked = {
+        "min_clean_accuracy": 0.9,
+        "min_robust_accuracy": [{"attack": "pgd", "eps": 0.1, "value": 0.4}],
+    }
+    checks = [
+        check("clean_accuracy", 0.9, 0.95, "clean_accuracy"),
+        check("pgd@linf:0.1", 0.4, 0.5),
+        validity_check("zero_gradients"),
+    ]
+    trusted = judged(job(result=audit_result(checks=checks)), expected_gate=asked)
+    assert (trusted.exit_code, trusted.problem()) == (0, None)
+    # A check that was asked for but is not in the verdict: 2, whatever the verdict says.
+    lacking = judged(job(result=audit_result(checks=checks[1:])), expected_gate=asked)
+    assert lacking.exit_code == 2
+    assert "lacks the check(s) clean>=90.0%" in (lacking.problem() or "")
+    other_bound = {**asked, "min_clean_accuracy": 0.5}
+    assert judged(job(result=audit_result(checks=checks)), expected_gate=other_bound).exit_code == 2
+    # "passed" beside a failed check is a verdict to distrust, not a pass.
+    contradictory = audit_result(checks=[check("pgd@linf:0.1", 0.9, 0.5)])
+    contradictory["gate"]["passed"] = True
+    assert judged(job(result=contradictory)).exit_code == 2
+    missing_field = audit_result(checks=checks)
+    del missing_field["gate"]["passed"]
+    assert judged(job(result=missing_field)).exit_code == 2
+    # A validity warning that fired fails the gate; a waiver the run asked for passes it.
+    masked = [*checks[:2], validity_check("zero_gradients", 1)]
+    assert judged(job(result=audit_result(checks=masked)), expected_gate=asked).exit_code == 1
+    waived = audit_result(
+        checks=[*checks[:2], validity_check("zero_gradients", 1, waived=True)],
+        waived=["zero_gradients"],
+    )
+    allowed = {**asked, "allow_warnings": ["zero_gradients"]}
+    assert judged(job(result=waived), expected_gate=allowed).exit_code == 0
+    # ... but a waiver the run did not ask for is not trusted.
+    assert judged(job(result=waived), expected_gate=asked).exit_code == 2
+    # Validity checks that did not run are only accepted when the run said so.
+    unchecked = audit_result(checks=checks[:2], validity_checks=False)
+    assert judged(job(result=unchecked), expected_gate=asked).exit_code == 2
+    off = {**asked, "allow_unchecked": True}
+    assert judged(job(result=unchecked), expected_gate=off).exit_code == 0
+    # Only an audit has a verdict.
+    training = job(result=audit_result(checks=checks))
+    training["kind"] = "train"
+    assert judged(training).exit_code == 2
+    assert "not an audit" in (judged(training).problem() or "")
+
+
+def test_validity_checks_and_notes_are_shown() -> None:
+    checks = [
+        check("pgd@linf:0.1", 0.4, 0.5),
+        validity_check("zero_gradients", 1),
+        validity_check("randomized_model"),
+    ]
+    result = audit_result(checks=checks)
+    result["notes"] = [
+        {"code": "weak_attacks", "message": "The numbers come from weak attacks: an upper bound."}
+    ]
+    outcome = judged(job(result=result))
+    text = summary_text(outcome)
+    assert re.search(r"FAIL +validity:zero_gradients +does not fire +fired", text)
+    assert "validity:randomized_model" not in text.split("validity checks:")[0]  # held: one line
+    assert "validity checks: 1 of 2 held; fired: zero_gradients" in text
+    assert "The numbers come from weak attacks: an upper bound." in text
+    assert "50.0% (worst case 45.0%)" in text
+    assert "weak attacks" in markdown(outcome)
 
 
 def test_baseline_checks_bound_every_drop() -> None:
@@ -135,20 +206,20 @@ def test_junit_reports_a_failed_job_as_an_error(tmp_path: Path) -> None:
     assert suite.get("errors") == "1"
 
 
-def test_junit_without_a_gate_still_has_a_case(tmp_path: Path) -> None:
+def test_junit_without_a_gate_is_an_error(tmp_path: Path) -> None:
     path = tmp_path / "gauntlet.xml"
     write_junit(judged(job(result=audit_result())), path)
     suite = ET.parse(path).getroot().find("testsuite")
     assert suite is not None
     assert [c.get("name") for c in suite.findall("testcase")] == ["audit job"]
-    assert suite.get("failures") == suite.get("errors") == "0"
+    assert (suite.get("failures"), suite.get("errors")) == ("0", "1")
 
 
 def test_markdown_for_a_pull_request() -> None:
     text = markdown(failing_gate_outcome())
     assert text.startswith("### ❌ Gauntlet robustness audit: gate failed")
     assert "| pgd | linf | 0.1 | 50.0% | 50.0% |" in text
-    assert "| `pgd@linf:0.1` | >= 99.0% | 50.0% | ❌ fail |" in text
+    assert "| `pgd@linf:0.1` | >= 99.0% | 50.0% (worst case 45.0%) | ❌ fail |" in text
     assert "| `clean_accuracy` | >= 90.0% | 95.0% | ✅ pass |" in text
     assert "look \\| closer" in text  # a pipe inside a cell is escaped
     assert f"[Full report]({SERVER}/v1/jobs/j_1/report)" in text
