@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.factories import npz_bytes
+from tests.factories import deflate_bomb, npz_bytes
 
 RNG = np.random.default_rng(0)
 GOOD_X = RNG.random((20, 1, 8, 8)).astype(np.float32)
@@ -148,9 +148,7 @@ def test_the_largest_label_fits_the_database(
 
 
 def test_a_deflate_bomb_is_413(client: TestClient, make_tenant) -> None:
-    buffer = io.BytesIO()
-    np.savez_compressed(buffer, x=np.zeros((6144, 1, 64, 64), np.float32), y=np.zeros(6144))
-    response = upload(client, make_tenant().headers, buffer.getvalue())
+    response = upload(client, make_tenant().headers, deflate_bomb())
     assert response.status_code == 413
     assert response.json()["code"] == "deflate_bomb"
 

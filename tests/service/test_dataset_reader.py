@@ -19,7 +19,7 @@ from service.datasets.reader import (
     inspect_dataset,
     read_dataset,
 )
-from tests.factories import npz_bytes
+from tests.factories import deflate_bomb, npz_bytes
 
 LIMITS = DatasetLimits(
     max_decoded_bytes=2 * 2**30, max_example_values=3 * 512 * 512, max_num_classes=100_000
@@ -92,9 +92,7 @@ def test_safetensors_loads_like_npz() -> None:
 
 def test_a_deflate_bomb_is_refused_from_the_directory() -> None:
     """A ~100 KB file of zeros that inflates to 96 MiB: refused before inflating."""
-    buffer = io.BytesIO()
-    np.savez_compressed(buffer, x=np.zeros((6144, 1, 64, 64), np.float32), y=np.zeros(6144))
-    data = buffer.getvalue()
+    data = deflate_bomb()
     assert len(data) < 200_000
     error = refusal(data)
     assert (error.code, error.status) == ("deflate_bomb", 413)

@@ -72,3 +72,16 @@ def test_a_real_token_still_opens_its_report(settings) -> None:
     assert report_token_valid(token, "t_1", "j_1", time.time())
     assert not report_token_valid(token, "t_1", "j_2", time.time())
     assert not report_token_valid(token, "t_1", "j_1", LATER + 1)
+
+
+def test_an_overlong_token_is_refused_alike_for_every_job(
+    client: TestClient, settings, make_tenant
+) -> None:
+    """Past the query's 200 characters the token is a validation error, before any lookup."""
+    tenant = make_tenant()
+    job_id = queued_job(settings, tenant.id, audit_spec(model_row(tenant.id)))
+    token = f"{LATER}." + "ab" * 500
+    response = client.get(f"/v1/jobs/{job_id}/report", params={"token": token})
+    missing = client.get("/v1/jobs/j_missing/report", params={"token": token})
+    assert response.status_code == missing.status_code == 422
+    assert response.json()["code"] == missing.json()["code"] == "validation_error"
