@@ -5,12 +5,11 @@ from __future__ import annotations
 import logging
 
 from fastapi import FastAPI
-from starlette.types import Scope
 
 from service import architectures, health, presets
 from service.datasets.router import router as datasets_router
 from service.jobs.router import router as jobs_router
-from service.limits import BodySizeLimit
+from service.limits import RequestGuard
 from service.models.router import router as models_router
 from service.problems import Problem, install_handlers
 from service.settings import get_settings
@@ -51,12 +50,26 @@ def create_app() -> FastAPI:
         app.include_router(router)
     app.include_router(health.router)
 
-    def limit_for(scope: Scope) -> int:
-        headers = dict(scope.get("headers") or [])
-        if headers.get(b"content-type", b"").startswith(b"multipart/"):
-            return settings.max_request_bytes
-        return settings.max_json_bytes
+    # Read per request, so a test (or an operator's reload) that changes a setting is obeyed.
+    def upload_caps() -> dict[tuple[str, str], int]:
+        return {
+            ("POST", models_router.prefix): settings.max_model_request_bytes,
+            ("POST", datasets_router.prefix): settings.max_dataset_request_bytes,
+        }
 
-    app.add_middleware(BodySizeLimit, limit_for=limit_for)
+    documentation = (
+        app.openapi_url,
+        app.docs_url,
+        app.redoc_url,
+        app.swagger_ui_oauth2_redirect_url,
+    )
+    public_paths = {"/healthz", "/readyz", "/metrics"} | {path for path in documentation if path}
+    app.add_middleware(
+        RequestGuard,
+        upload_caps=upload_caps,
+        json_cap=lambda: settings.max_json_bytes,
+        max_json_depth=lambda: settings.max_json_depth,
+        public_paths=public_paths,
+    )
     app.add_middleware(health.MetricsMiddleware)
     return app

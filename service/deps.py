@@ -5,13 +5,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, Header
+from fastapi import Depends, Header, Request
 from sqlalchemy.orm import Session
 
 from service.database import session_scope
-from service.problems import ProblemError
+from service.limits import PRINCIPAL_STATE_KEY
 from service.settings import Settings, get_settings
-from service.tenants.service import Principal, authenticate
+from service.tenants.service import Principal, principal_from_authorization
 
 
 def get_session() -> Iterator[Session]:
@@ -32,30 +32,26 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
 def get_principal(
+    request: Request,
     session: SessionDep,
     authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> Principal:
-    """The tenant behind the request's ``Authorization: Bearer <api key>`` header."""
-    challenge = {"WWW-Authenticate": "Bearer"}
-    if not authorization:
-        raise ProblemError(
-            401, "unauthenticated", "missing Authorization header", headers=challenge
-        )
-    scheme, _, key = authorization.partition(" ")
-    if scheme.lower() != "bearer" or not key.strip():
-        raise ProblemError(
-            401, "unauthenticated", "expected 'Authorization: Bearer <api key>'", headers=challenge
-        )
-    principal = authenticate(session, key.strip())
-    if principal is None:
-        raise ProblemError(401, "unauthenticated", "unknown or revoked API key", headers=challenge)
-    return principal
+    """The tenant behind the request's ``Authorization: Bearer <api key>`` header.
+
+    :class:`service.limits.RequestGuard` checked the key before the body was read and left
+    the principal in the request's state; without the guard the key is checked here.
+    """
+    found = request.scope.get("state", {}).get(PRINCIPAL_STATE_KEY)
+    if isinstance(found, Principal):
+        return found
+    return principal_from_authorization(session, authorization)
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]
 
 
 def get_optional_principal(
+    request: Request,
     session: SessionDep,
     authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
 ) -> Principal | None:
@@ -63,7 +59,7 @@ def get_optional_principal(
     (for pages that also open with a signed link)."""
     if authorization is None:
         return None
-    return get_principal(session, authorization)
+    return get_principal(request, session, authorization)
 
 
 OptionalPrincipalDep = Annotated[Principal | None, Depends(get_optional_principal)]

@@ -82,6 +82,11 @@ def not_found(kind: str, object_id: str) -> ProblemError:
     return ProblemError(404, "not_found", f"{kind} {object_id!r} not found")
 
 
+def unauthenticated(detail: str) -> ProblemError:
+    """The 401 for a missing, malformed, unknown or revoked API key (with the challenge)."""
+    return ProblemError(401, "unauthenticated", detail, headers={"WWW-Authenticate": "Bearer"})
+
+
 def invalid(field: str, reason: str, *, code: str = "invalid_request") -> ProblemError:
     """A 422 about one field."""
     return ProblemError(

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 
 from service.settings import get_settings
 
 KEY_PREFIX = "gk_"
+
+# "<expires>.<hex HMAC-SHA256>", ASCII only: str.isdigit() accepts "²" and other digits that
+# int() refuses, and hmac.compare_digest raises on non-ASCII text.
+_REPORT_TOKEN = re.compile(r"([0-9]{1,12})\.([0-9a-f]{64})")
 
 
 def generate_api_key() -> str:
@@ -28,11 +33,13 @@ def report_token(tenant_id: str, job_id: str, expires: int) -> str:
 
 
 def report_token_valid(token: str, tenant_id: str, job_id: str, now: float) -> bool:
-    """Whether ``token`` was made for this job and has not expired."""
-    expires_text, _, _signature = token.partition(".")
-    if not expires_text.isdigit() or int(expires_text) < now:
+    """Whether ``token`` was made for this job and has not expired; ``False`` for anything
+    that is not a well-formed token."""
+    match = _REPORT_TOKEN.fullmatch(token)
+    if match is None or int(match.group(1)) < now:
         return False
-    return hmac.compare_digest(token, report_token(tenant_id, job_id, int(expires_text)))
+    expected = report_token(tenant_id, job_id, int(match.group(1)))
+    return hmac.compare_digest(token.encode("ascii"), expected.encode("ascii"))
 
 
 def hash_api_key(key: str) -> str:

@@ -19,6 +19,13 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 # Refused outside development: API keys are HMAC-hashed with this pepper.
 _DEV_PEPPER = "development-only-pepper-change-me"
 
+# An upload is one file plus at most UPLOAD_MAX_FIELDS small form fields (meta, name) of at
+# most UPLOAD_FIELD_BYTES each, which Starlette keeps in memory; the request cap adds room for
+# them, the boundaries and the part headers to the file's own cap.
+UPLOAD_MAX_FIELDS = 2
+UPLOAD_FIELD_BYTES = 2**20
+MULTIPART_OVERHEAD_BYTES = UPLOAD_MAX_FIELDS * UPLOAD_FIELD_BYTES + 2**20
+
 
 class Settings(BaseSettings):
     """Gauntlet's settings. Every field is ``GAUNTLET_<FIELD NAME>`` in the environment."""
@@ -47,6 +54,18 @@ class Settings(BaseSettings):
     max_model_bytes: int = Field(256 * 2**20, description="Largest model upload.")
     max_dataset_bytes: int = Field(512 * 2**20, description="Largest dataset upload.")
     max_json_bytes: int = Field(2**20, description="Largest JSON request body.")
+    max_json_depth: int = Field(
+        32, ge=2, le=200, description="Deepest nesting of arrays and objects in a JSON document."
+    )
+    max_dataset_decoded_bytes: int = Field(
+        2 * 2**30, ge=1, description="Largest size of a dataset's arrays once decoded (inflated)."
+    )
+    max_input_values: int = Field(
+        3 * 512 * 512, ge=1, description="Largest C*H*W of a model input or a dataset example."
+    )
+    max_num_classes: int = Field(
+        100_000, ge=2, le=2**31 - 1, description="Largest num_classes; labels must be below it."
+    )
     max_examples_per_job: int = Field(
         100_000, description="Most examples one job may evaluate (its 'limit' or its split)."
     )
@@ -108,9 +127,14 @@ class Settings(BaseSettings):
         return self.data_dir / "broker"
 
     @property
-    def max_request_bytes(self) -> int:
-        """Largest request body of any kind (an upload plus multipart overhead)."""
-        return max(self.max_model_bytes, self.max_dataset_bytes) + 2**20
+    def max_model_request_bytes(self) -> int:
+        """Largest ``POST /v1/models`` body: the file plus the multipart envelope and meta."""
+        return self.max_model_bytes + MULTIPART_OVERHEAD_BYTES
+
+    @property
+    def max_dataset_request_bytes(self) -> int:
+        """Largest ``POST /v1/datasets`` body: the file plus the multipart envelope."""
+        return self.max_dataset_bytes + MULTIPART_OVERHEAD_BYTES
 
 
 @lru_cache

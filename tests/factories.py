@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 from typing import Any
 
@@ -66,6 +67,14 @@ def npz_bytes(**arrays: np.ndarray) -> bytes:
     """An .npz file holding ``arrays``."""
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)  # type: ignore[arg-type]
+    return buffer.getvalue()
+
+
+@functools.cache
+def deflate_bomb() -> bytes:
+    """A ~100 KB ``.npz`` (np.savez_compressed of zeros) whose arrays inflate to 96 MiB."""
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, x=np.zeros((6144, 1, 64, 64), np.float32), y=np.zeros(6144))
     return buffer.getvalue()
 
 

@@ -9,7 +9,7 @@ from adversarial.datasets import load_builtin
 from adversarial.models.loading import ModelSpec, load_model
 from adversarial.models.wrapper import InputSpaceModel
 from service.datasets.builtin import BUILTIN_PREFIX
-from service.datasets.reader import read_dataset
+from service.datasets.reader import DatasetLimits, read_dataset
 from service.settings import Settings
 from service.storage import ArtifactStore
 from service.tables import Dataset, Model
@@ -58,9 +58,8 @@ def load_examples(
         return load_builtin(dataset_id.removeprefix(BUILTIN_PREFIX), split)
     if row is None:
         raise LookupError(f"dataset {dataset_id} is gone")
-    x, y = read_dataset(
-        store.read_bytes(row.file_sha256), row.format, max_bytes=settings.max_dataset_bytes * 4
-    )
+    with store.open(row.file_sha256) as handle:
+        x, y = read_dataset(handle, row.format, DatasetLimits.from_settings(settings))
     return torch.from_numpy(x), torch.from_numpy(y)
 
 

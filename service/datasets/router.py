@@ -11,12 +11,23 @@ from service.datasets.builtin import BUILTIN_DATASETS
 from service.datasets.schemas import DatasetList, DatasetRead
 from service.deps import PrincipalDep, SessionDep, SettingsDep
 from service.pagination import Cursor, Limit, next_cursor
+from service.settings import UPLOAD_FIELD_BYTES, UPLOAD_MAX_FIELDS
 from service.storage import get_store
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
 
-@router.post("", status_code=201)
+# One file and a small field or two: Starlette keeps non-file fields in memory (by default
+# up to 1,000 of 1 MiB each).
+@router.post(
+    "",
+    status_code=201,
+    form_limits={
+        "max_files": 1,
+        "max_fields": UPLOAD_MAX_FIELDS,
+        "max_part_size": UPLOAD_FIELD_BYTES,
+    },
+)
 def upload_dataset(
     principal: PrincipalDep,
     session: SessionDep,
@@ -28,7 +39,7 @@ def upload_dataset(
     dataset = service.upload_dataset(
         session,
         principal,
-        name or file.filename or "dataset",
+        service.dataset_name(name, file.filename),
         file.filename,
         file.file,
         store=get_store(),

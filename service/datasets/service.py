@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import io
+import tempfile
+import unicodedata
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import BinaryIO
 
 from sqlalchemy.orm import Session
@@ -9,13 +14,55 @@ from sqlalchemy.orm import Session
 from service.database import utcnow
 from service.datasets import repository
 from service.datasets.builtin import BUILTIN_DATASETS, BUILTIN_PREFIX
-from service.datasets.reader import DatasetFileError, detect_format, read_dataset, summarize
+from service.datasets.reader import (
+    DatasetFileError,
+    DatasetLimits,
+    detect_format,
+    inspect_dataset,
+)
 from service.datasets.schemas import DatasetRead
-from service.problems import FieldError, ProblemError, not_found
+from service.problems import FieldError, ProblemError, invalid, not_found
 from service.settings import Settings
 from service.storage import ArtifactStore
 from service.tables import Dataset, new_id
 from service.tenants.service import Principal
+
+MAX_NAME_LENGTH = 200
+
+
+def dataset_name(name: str | None, filename: str | None) -> str:
+    """The name to record: ``name`` as given (no control characters), else the file's name
+    (control characters dropped, cut to fit), else ``"dataset"``."""
+    if name:
+        if any(unicodedata.category(c) == "Cc" for c in name):
+            raise invalid("name", "must not contain control characters", code="invalid_characters")
+        return name
+    cleaned = "".join(c for c in filename or "" if unicodedata.category(c) not in ("Cc", "Cs"))
+    return cleaned.strip()[:MAX_NAME_LENGTH] or "dataset"
+
+
+def _too_large(max_bytes: int) -> ProblemError:
+    return ProblemError(413, "too_large", f"dataset files are limited to {max_bytes} bytes")
+
+
+@contextmanager
+def _seekable_upload(stream: BinaryIO, max_bytes: int) -> Iterator[BinaryIO]:
+    """The upload as a seekable file of at most ``max_bytes``, or the 413. (Starlette spools
+    uploads to a seekable file already; anything else is copied to one.)"""
+    if stream.seekable():
+        size = stream.seek(0, io.SEEK_END)
+        stream.seek(0)
+        if size > max_bytes:
+            raise _too_large(max_bytes)
+        yield stream
+        return
+    with tempfile.TemporaryFile() as copy:
+        while chunk := stream.read(1 << 20):
+            copy.write(chunk)
+            if copy.tell() > max_bytes:
+                raise _too_large(max_bytes)
+        copy.seek(0)
+        yield copy
 
 
 def upload_dataset(
@@ -28,24 +75,21 @@ def upload_dataset(
     store: ArtifactStore,
     settings: Settings,
 ) -> Dataset:
-    """Check an uploaded dataset file, store it and record it."""
-    data = stream.read(settings.max_dataset_bytes + 1)
-    if len(data) > settings.max_dataset_bytes:
-        raise ProblemError(
-            413, "too_large", f"dataset files are limited to {settings.max_dataset_bytes} bytes"
-        )
-    try:
-        fmt = detect_format(filename, data[:16])
-        x, y = read_dataset(data, fmt, max_bytes=settings.max_dataset_bytes * 4)
-    except DatasetFileError as exc:
-        raise ProblemError(
-            422,
-            "invalid_dataset",
-            str(exc),
-            errors=[FieldError(field=exc.field, reason=exc.reason)],
-        ) from None
-    summary = summarize(x, y)
-    sha256, size = store.put_bytes(data)
+    """Check an uploaded dataset file (streamed: the arrays are never held), store it and
+    record it."""
+    with _seekable_upload(stream, settings.max_dataset_bytes) as upload:
+        try:
+            fmt = detect_format(filename, upload.read(16))
+            summary = inspect_dataset(upload, fmt, DatasetLimits.from_settings(settings))
+        except DatasetFileError as exc:
+            raise ProblemError(
+                exc.status,
+                exc.code,
+                str(exc),
+                errors=[FieldError(field=exc.field, reason=exc.reason)],
+            ) from None
+        upload.seek(0)
+        sha256, size = store.put_stream(upload)
     dataset = Dataset(
         id=new_id("d"),
         tenant_id=principal.tenant_id,

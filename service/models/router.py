@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, Response, UploadFile
 from pydantic import ValidationError
@@ -12,25 +12,50 @@ from service.deps import PrincipalDep, SessionDep, SettingsDep
 from service.models import repository, service
 from service.models.schemas import ModelList, ModelMeta, ModelRead
 from service.pagination import Cursor, Limit, next_cursor
-from service.problems import field_errors, invalid, validation_problem
+from service.problems import FieldError, ProblemError, field_errors, invalid, validation_problem
+from service.settings import UPLOAD_FIELD_BYTES, UPLOAD_MAX_FIELDS, Settings
 from service.storage import get_store
+from service.untrusted_json import UntrustedJsonError, load_untrusted_json
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
 
-def parse_meta(raw: str) -> ModelMeta:
+def parse_meta(raw: str, settings: Settings) -> ModelMeta:
     """The upload's ``meta`` form field as :class:`ModelMeta`, or a 422 naming the field."""
     try:
-        document = json.loads(raw)
+        document = load_untrusted_json(raw, max_depth=settings.max_json_depth)
+    except UntrustedJsonError as exc:
+        raise ProblemError(
+            422,
+            exc.code,
+            f"meta: {exc.reason}",
+            errors=[FieldError(field="meta", reason=exc.reason)],
+        ) from None
     except json.JSONDecodeError as exc:
         raise invalid("meta", f"not valid JSON ({exc.msg} at position {exc.pos})") from None
+    except ValueError as exc:  # an integer too long to convert
+        raise invalid("meta", f"not valid JSON ({exc})", code="invalid_json") from None
+    context: dict[str, Any] = {
+        "max_input_values": settings.max_input_values,
+        "max_num_classes": settings.max_num_classes,
+    }
     try:
-        return ModelMeta.model_validate(document)
+        return ModelMeta.model_validate(document, context=context)
     except ValidationError as exc:
         raise validation_problem(field_errors(exc, prefix="meta")) from None
 
 
-@router.post("", status_code=202)
+# One file and a small field or two: Starlette keeps non-file fields in memory (by default
+# up to 1,000 of 1 MiB each).
+@router.post(
+    "",
+    status_code=202,
+    form_limits={
+        "max_files": 1,
+        "max_fields": UPLOAD_MAX_FIELDS,
+        "max_part_size": UPLOAD_FIELD_BYTES,
+    },
+)
 def upload_model(
     principal: PrincipalDep,
     session: SessionDep,
@@ -46,7 +71,12 @@ def upload_model(
 ) -> ModelRead:
     """Upload a model file; it is validated by a worker (status 'validating' until then)."""
     model = service.upload_model(
-        session, principal, parse_meta(meta), file.file, store=get_store(), settings=settings
+        session,
+        principal,
+        parse_meta(meta, settings),
+        file.file,
+        store=get_store(),
+        settings=settings,
     )
     return ModelRead.from_row(model)
 

@@ -6,9 +6,10 @@ import datetime as dt
 import math
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from service.architectures import ARCHITECTURES
+from service.settings import get_settings
 from service.tables import Model
 
 ModelFormat = Literal["safetensors", "pt", "onnx"]
@@ -55,23 +56,51 @@ class ArchitectureRef(BaseModel):
         return self
 
 
+def _limit(info: ValidationInfo, name: str) -> int:
+    """A cap from the validation context (``{"max_input_values": ..., ...}``), else settings."""
+    context = info.context if isinstance(info.context, dict) else {}
+    value = context.get(name, getattr(get_settings(), name))
+    return int(value)
+
+
 class ModelMeta(BaseModel):
-    """The ``meta`` part of a model upload."""
+    """The ``meta`` part of a model upload.
+
+    ``input_shape``'s C*H*W is capped by ``max_input_values`` and ``num_classes`` by
+    ``max_num_classes`` (the validation context's values, else the settings'): a worker
+    allocates batches of that size for every attack.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1, max_length=200)
     format: ModelFormat
     input_shape: list[int] = Field(min_length=3, max_length=3, description="[C, H, W]")
-    num_classes: int = Field(ge=2, le=100_000)
+    num_classes: int = Field(ge=2)
     input_range: tuple[float, float] = (0.0, 1.0)
     normalization: Normalization | None = None
     architecture: ArchitectureRef | None = None
 
+    @field_validator("input_shape")
+    @classmethod
+    def _input_size(cls, value: list[int], info: ValidationInfo) -> list[int]:
+        if any(d < 1 or d > 4096 for d in value):
+            raise ValueError("input_shape dimensions must be between 1 and 4096")
+        cap = _limit(info, "max_input_values")
+        if math.prod(value) > cap:
+            raise ValueError(f"C*H*W is {math.prod(value)}, over the cap of {cap} values per input")
+        return value
+
+    @field_validator("num_classes")
+    @classmethod
+    def _class_count(cls, value: int, info: ValidationInfo) -> int:
+        cap = _limit(info, "max_num_classes")
+        if value > cap:
+            raise ValueError(f"at most {cap} classes")
+        return value
+
     @model_validator(mode="after")
     def _check(self) -> ModelMeta:
-        if any(d < 1 or d > 4096 for d in self.input_shape):
-            raise ValueError("input_shape dimensions must be between 1 and 4096")
         lower, upper = self.input_range
         if not (math.isfinite(lower) and math.isfinite(upper)) or lower >= upper:
             raise ValueError("input_range must be two finite numbers [lower, upper], lower < upper")

@@ -6,9 +6,12 @@ from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
 
+from service.problems import unauthenticated
 from service.security import generate_api_key, hash_api_key
 from service.tables import ApiKey, Tenant, new_id
 from service.tenants import repository
+
+MISSING_KEY = "missing Authorization header"
 
 
 @dataclass(frozen=True)
@@ -53,3 +56,20 @@ def authenticate(session: Session, key: str) -> Principal | None:
     if row is None:
         return None
     return Principal(tenant_id=row.tenant_id, key_id=row.id, is_admin=row.is_admin)
+
+
+def principal_from_authorization(session: Session, authorization: str | None) -> Principal:
+    """The principal of an ``Authorization: Bearer <api key>`` header, or the 401 problem.
+
+    The one place a request's key is checked (the request guard calls it before a body is
+    read; the route dependency reuses what it found).
+    """
+    if not authorization:
+        raise unauthenticated(MISSING_KEY)
+    scheme, _, key = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not key.strip():
+        raise unauthenticated("expected 'Authorization: Bearer <api key>'")
+    principal = authenticate(session, key.strip())
+    if principal is None:
+        raise unauthenticated("unknown or revoked API key")
+    return principal

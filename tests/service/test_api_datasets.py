@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.factories import npz_bytes
+from tests.factories import deflate_bomb, npz_bytes
 
 RNG = np.random.default_rng(0)
 GOOD_X = RNG.random((20, 1, 8, 8)).astype(np.float32)
@@ -82,7 +82,11 @@ def test_pickled_object_arrays_are_refused(client: TestClient, make_tenant) -> N
     np.savez(buffer, x=np.array([object()] * 3, dtype=object), y=np.zeros(3))
     response = upload(client, make_tenant().headers, buffer.getvalue())
     assert response.status_code == 422
-    assert response.json()["errors"][0]["field"] == "file"
+    body = response.json()
+    # Refused from the .npy header's dtype, before any of the pickled data is read.
+    assert body["code"] == "dataset_dtype"
+    assert body["errors"][0]["field"] == "x"
+    assert "object" in body["errors"][0]["reason"]
 
 
 def test_not_a_dataset_is_422(client: TestClient, make_tenant) -> None:
@@ -97,3 +101,97 @@ def test_other_tenants_dataset_is_404(client: TestClient, make_tenant) -> None:
     assert client.delete(f"/v1/datasets/{dataset_id}", headers=intruder.headers).status_code == 404
     assert client.delete(f"/v1/datasets/{dataset_id}", headers=owner.headers).status_code == 204
     assert client.get(f"/v1/datasets/{dataset_id}", headers=owner.headers).status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("arrays", "field", "code"),
+    [
+        ({"x": GOOD_X, "y": np.full(20, 2**63 - 1)}, "y", "dataset_values"),
+        ({"x": GOOD_X, "y": np.full(20, 2**31)}, "y", "dataset_values"),
+        ({"x": GOOD_X, "y": np.full(20, 100_000)}, "y", "dataset_values"),
+        ({"x": np.zeros((20, 0, 8, 8), np.float32), "y": GOOD_Y}, "x", "dataset_shape"),
+        ({"x": np.zeros((0, 1, 8, 8), np.float32), "y": GOOD_Y[:0]}, "x", "dataset_shape"),
+        ({"x": GOOD_X.astype(bool), "y": GOOD_Y}, "x", "dataset_dtype"),
+        ({"x": GOOD_X, "y": GOOD_Y, "z": GOOD_Y}, "file", "dataset_entries"),
+    ],
+    ids=[
+        "label-2^63-1",
+        "label-2^31",
+        "label-at-class-cap",
+        "zero-size-x",
+        "no-examples",
+        "bool-x",
+        "extra-entry",
+    ],
+)
+def test_hostile_arrays_get_a_stable_code(
+    client: TestClient, make_tenant, arrays, field, code
+) -> None:
+    response = upload(client, make_tenant().headers, npz_bytes(**arrays))
+    assert response.status_code == 422, response.text
+    problem = response.json()
+    assert problem["code"] == code
+    assert problem["errors"][0]["field"] == field
+
+
+def test_the_largest_label_fits_the_database(
+    client: TestClient, make_tenant, settings, monkeypatch
+) -> None:
+    """num_classes = 2^31 - 1 is the largest an Integer column (Postgres) holds."""
+    monkeypatch.setattr(settings, "max_num_classes", 2**31 - 1)
+    tenant = make_tenant()
+    accepted = upload(client, tenant.headers, npz_bytes(x=GOOD_X, y=np.full(20, 2**31 - 2)))
+    assert accepted.status_code == 201, accepted.text
+    assert accepted.json()["num_classes"] == 2**31 - 1
+    refused = upload(client, tenant.headers, npz_bytes(x=GOOD_X, y=np.full(20, 2**31 - 1)))
+    assert refused.status_code == 422
+
+
+def test_a_deflate_bomb_is_413(client: TestClient, make_tenant) -> None:
+    response = upload(client, make_tenant().headers, deflate_bomb())
+    assert response.status_code == 413
+    assert response.json()["code"] == "deflate_bomb"
+
+
+def test_decoded_size_is_capped(client: TestClient, make_tenant, settings, monkeypatch) -> None:
+    monkeypatch.setattr(settings, "max_dataset_decoded_bytes", 4096)
+    response = upload(client, make_tenant().headers, npz_bytes(x=GOOD_X, y=GOOD_Y))
+    assert response.status_code == 413
+    assert response.json()["code"] == "dataset_too_large"
+
+
+def test_example_size_is_capped_like_a_model_input(
+    client: TestClient, make_tenant, settings, monkeypatch
+) -> None:
+    monkeypatch.setattr(settings, "max_input_values", 63)
+    response = upload(client, make_tenant().headers, npz_bytes(x=GOOD_X, y=GOOD_Y))
+    assert response.status_code == 422
+    assert response.json()["code"] == "dataset_shape"
+
+
+def test_upload_over_the_file_cap_is_413(
+    client: TestClient, make_tenant, settings, monkeypatch
+) -> None:
+    monkeypatch.setattr(settings, "max_dataset_bytes", 1000)
+    response = upload(client, make_tenant().headers, npz_bytes(x=GOOD_X, y=GOOD_Y))
+    assert response.status_code == 413
+    assert response.json()["code"] == "too_large"
+
+
+def test_names_are_storable(client: TestClient, make_tenant) -> None:
+    tenant = make_tenant()
+    data = npz_bytes(x=GOOD_X, y=GOOD_Y)
+    refused = client.post(
+        "/v1/datasets",
+        headers=tenant.headers,
+        files={"file": ("d.npz", data)},
+        data={"name": "a\x00b"},
+    )
+    assert refused.status_code == 422
+    assert refused.json()["code"] == "invalid_characters"
+    long_name = "n" * 300 + ".npz"
+    from_file = client.post(
+        "/v1/datasets", headers=tenant.headers, files={"file": (long_name, data)}
+    )
+    assert from_file.status_code == 201, from_file.text
+    assert from_file.json()["name"] == long_name[:200]

@@ -140,3 +140,59 @@ def test_architectures_are_listed(client: TestClient, make_tenant) -> None:
         a["name"] for a in client.get("/v1/architectures", headers=make_tenant().headers).json()
     }
     assert {"mlp", "small_cnn", "lenet5", "preact_resnet18"} <= names
+
+
+def test_meta_nested_100000_levels_is_json_too_deep(client: TestClient, make_tenant) -> None:
+    meta = '{"name": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    response = upload(client, make_tenant().headers, meta)
+    assert response.status_code == 422, response.text
+    problem = response.json()
+    assert problem["code"] == "json_too_deep"
+    assert problem["errors"][0]["field"] == "meta"
+
+
+@pytest.mark.parametrize(
+    ("meta", "code"),
+    [
+        (json.dumps(ONNX_META)[:-1] + ', "input_range": [0, NaN]}', "json_non_finite"),
+        (json.dumps(ONNX_META)[:-1] + ', "input_range": [0, 1e999]}', "json_non_finite"),
+        (json.dumps({**ONNX_META, "name": "a\x00b"}), "invalid_characters"),
+        (
+            '{"name": "m", "format": "pt", "input_shape": [1, 8, 8], "num_classes": 10, '
+            '"architecture": {"name": "mlp", "kwargs": {"hidden": "\\u0000"}}}',
+            "invalid_characters",
+        ),
+    ],
+)
+def test_meta_the_database_cannot_store_is_422(
+    client: TestClient, make_tenant, meta: str, code: str
+) -> None:
+    response = upload(client, make_tenant().headers, meta)
+    assert response.status_code == 422, response.text
+    assert response.json()["code"] == code
+
+
+def test_input_shape_over_the_value_cap_is_422(client: TestClient, make_tenant, settings) -> None:
+    tenant = make_tenant()
+    response = upload(client, tenant.headers, {**ONNX_META, "input_shape": [64, 4096, 4096]})
+    assert response.status_code == 422
+    errors = response.json()["errors"]
+    assert errors[0]["field"] == "meta.input_shape"
+    assert "over the cap of 786432" in errors[0]["reason"]
+    # The largest allowed input (3 x 512 x 512 by default) is accepted.
+    largest = upload(client, tenant.headers, {**ONNX_META, "input_shape": [3, 512, 512]})
+    assert largest.status_code == 202, largest.text
+
+
+def test_num_classes_over_the_cap_is_422(
+    client: TestClient, make_tenant, settings, monkeypatch
+) -> None:
+    tenant = make_tenant()
+    response = upload(client, tenant.headers, {**ONNX_META, "num_classes": 100_001})
+    assert response.status_code == 422
+    assert response.json()["errors"][0]["field"] == "meta.num_classes"
+    monkeypatch.setattr(settings, "max_num_classes", 10)
+    assert upload(client, tenant.headers, ONNX_META).status_code == 202
+    refused = upload(client, tenant.headers, {**ONNX_META, "num_classes": 11})
+    assert refused.status_code == 422
+    assert "at most 10 classes" in refused.json()["errors"][0]["reason"]
