@@ -28,3 +28,19 @@ def test_builtin_dataset_catalog_matches_the_engine() -> None:
             assert list(x.shape[1:]) == described.example_shape
             assert [float(x.min()), float(x.max())] == described.value_range
             assert int(y.max()) + 1 == described.num_classes
+
+
+def test_the_gate_knows_every_warning_the_engine_raises() -> None:
+    import inspect
+    import re
+
+    from adversarial import checks
+    from service.jobs.specs import GATING_WARNINGS, INFORMATIONAL_WARNINGS, WarningCode
+
+    raised = set(re.findall(r'Finding\(\s*"([a-z_]+)"', inspect.getsource(checks)))
+    raised |= set(re.findall(r'"([a-z_]+)",\n\s+f?"', inspect.getsource(checks))) & (
+        set(GATING_WARNINGS) | set(INFORMATIONAL_WARNINGS)
+    )
+    assert raised <= set(GATING_WARNINGS) | set(INFORMATIONAL_WARNINGS)
+    assert set(GATING_WARNINGS) - {"non_finite_values"} <= raised
+    assert set(WarningCode.__args__) == set(GATING_WARNINGS)  # type: ignore[attr-defined]

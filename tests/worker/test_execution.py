@@ -7,6 +7,7 @@ import time
 
 import pytest
 import torch
+from sqlalchemy.exc import OperationalError
 
 from adversarial.evaluation import AttackConfig, evaluate
 from adversarial.models.loading import ModelSpec, load_model
@@ -19,6 +20,7 @@ from tests.factories import audit_spec, job_row, model_row, queued_job
 from tests.model_files import digits_onnx, digits_small_cnn_safetensors, malicious_pt
 from worker.execution import execute_job
 from worker.lease import Lease
+from worker.runners import RUNNERS
 
 
 def model_status(model_id: str):
@@ -258,3 +260,104 @@ def test_autoattack_preset_audit_with_checks_and_artifact(settings, ready_model)
         assert arrays["adversarial_linf"].shape == (80, 1, 8, 8)
         fell = arrays["fell_at_linf"]
         assert set(np.unique(fell[np.isfinite(fell)])) <= {0.0, 0.05, 0.1}
+
+
+class _RunnerThatIsCancelledAtTheEnd:
+    """Finishes its work just as a client cancels (after the last heartbeat saw nothing)."""
+
+    def __init__(self, result: dict) -> None:
+        self.result = result
+
+    def run(self, job, lease):  # type: ignore[no-untyped-def]
+        with session_scope() as session:
+            repository.request_cancel(session, job.id, utcnow())
+        return self.result
+
+    def on_success(self, session, job, result) -> None:  # type: ignore[no-untyped-def]
+        raise AssertionError("a cancelled job must not commit a success")
+
+    def on_failure(self, session, job, error) -> None:  # type: ignore[no-untyped-def]
+        return None
+
+
+def test_a_cancelled_job_never_ends_succeeded(settings, ready_model, monkeypatch) -> None:
+    tenant, model_id = ready_model
+    job_id = queued_job(settings, tenant.id, audit_spec(model_id))
+    monkeypatch.setitem(RUNNERS, "audit", _RunnerThatIsCancelledAtTheEnd({"done": True}))
+    assert execute_job(job_id) == "cancelled"
+    job = job_row(job_id)
+    assert (job.status, job.result, job.error["code"]) == (JobStatus.CANCELLED, None, "cancelled")
+
+
+class _RunnerWithNonFiniteNumbers:
+    def run(self, job, lease):  # type: ignore[no-untyped-def]
+        return {
+            "clean_accuracy": 0.5,
+            "attacks": [{"mean_wrong_confidence": float("nan"), "seconds": float("inf")}],
+            "warnings": [],
+        }
+
+    def on_success(self, session, job, result) -> None:  # type: ignore[no-untyped-def]
+        return None
+
+    def on_failure(self, session, job, error) -> None:  # type: ignore[no-untyped-def]
+        return None
+
+
+def test_nan_and_inf_in_a_result_are_written_as_null_with_a_warning(
+    settings, ready_model, monkeypatch
+) -> None:
+    tenant, model_id = ready_model
+    job_id = queued_job(settings, tenant.id, audit_spec(model_id))
+    monkeypatch.setitem(RUNNERS, "audit", _RunnerWithNonFiniteNumbers())
+    assert execute_job(job_id) == "succeeded"
+    result = job_row(job_id).result
+    assert result["attacks"] == [{"mean_wrong_confidence": None, "seconds": None}]
+    (warning,) = result["warnings"]
+    assert warning["code"] == "non_finite_values"
+    assert "attacks[0].mean_wrong_confidence" in warning["message"]
+
+
+def test_progress_survives_a_database_blip(settings, ready_model, monkeypatch) -> None:
+    tenant, model_id = ready_model
+    job_id = queued_job(settings, tenant.id, audit_spec(model_id))
+    lease = Lease(job_id, settings)
+    assert lease.claim()
+    real_write = repository.write_progress
+    failures = [OperationalError("UPDATE", {}, Exception("server closed the connection"))]
+
+    def flaky(*args, **kwargs):  # type: ignore[no-untyped-def]
+        if failures:
+            raise failures.pop()
+        return real_write(*args, **kwargs)
+
+    monkeypatch.setattr(repository, "write_progress", flaky)
+    lease.report(0.2, "pgd", "step 1", force=True)  # the blip: logged, not raised
+    assert job_row(job_id).progress["stage"] == "queued"
+    time.sleep(0.3)  # past the retry delay
+    lease.report(0.4, "pgd", "step 2", force=True)
+    assert job_row(job_id).progress["message"] == "step 2"
+    # A real error is not swallowed.
+    monkeypatch.setattr(repository, "write_progress", lambda *a, **k: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        lease.report(0.5, "pgd", "step 3", force=True)
+
+
+def test_the_final_write_is_retried_while_the_lease_lasts(
+    settings, ready_model, monkeypatch
+) -> None:
+    tenant, model_id = ready_model
+    job_id = queued_job(settings, tenant.id, audit_spec(model_id))
+    lease = Lease(job_id, settings)
+    assert lease.claim()
+    real_finish = repository.finish
+    failures = [OperationalError("UPDATE", {}, Exception("connection refused"))] * 2
+
+    def flaky(*args, **kwargs):  # type: ignore[no-untyped-def]
+        if failures:
+            raise failures.pop()
+        return real_finish(*args, **kwargs)
+
+    monkeypatch.setattr(repository, "finish", flaky)
+    assert lease.finish(JobStatus.SUCCEEDED, result={"ok": True})
+    assert job_row(job_id).status == JobStatus.SUCCEEDED
