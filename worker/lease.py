@@ -26,6 +26,8 @@ from sqlalchemy.orm import Session
 from service.database import is_transient, session_scope, utcnow
 from service.jobs import repository
 from service.settings import Settings
+from service.storage import get_store
+from service.tables import Artifact, new_id
 
 logger = logging.getLogger(__name__)
 
@@ -163,6 +165,58 @@ class Lease:
             raise LeaseLost(self.job_id)
         self._progress_failures = 0
         self._last_progress = now
+
+    def put_artifact(self, name: str, data: bytes, content_type: str) -> dict[str, Any]:
+        """Store a file of the job now, while it runs (a checkpoint, a crafted set), replacing
+        an earlier one of the same name; only while the lease holds (``LeaseLost`` else).
+        Returns the artifact's reference (name, sha256, size, content_type)."""
+        sha256, size = get_store().put_bytes(data)
+
+        def record() -> bool:
+            with session_scope() as session:
+                job = repository.get_any(session, self.job_id)
+                if job is None or not repository.touch_owned(
+                    session, self.job_id, self.owner, utcnow()
+                ):
+                    session.rollback()
+                    return False
+                repository.replace_artifact(
+                    session,
+                    Artifact(
+                        id=new_id("a"),
+                        tenant_id=job.tenant_id,
+                        job_id=self.job_id,
+                        name=name,
+                        sha256=sha256,
+                        size=size,
+                        content_type=content_type,
+                    ),
+                )
+            return True
+
+        if not self.retry(record):
+            self._lost.set()
+            raise LeaseLost(self.job_id)
+        return {"name": name, "sha256": sha256, "size": size, "content_type": content_type}
+
+    def read_artifact(self, name: str) -> bytes | None:
+        """The bytes of the job's artifact ``name`` (from an earlier attempt), if any."""
+
+        def find() -> str | None:
+            with session_scope() as session:
+                row = repository.get_artifact(session, self.job_id, name)
+                return None if row is None else row.sha256
+
+        sha256 = self.retry(find)
+        if sha256 is None:
+            return None
+        try:
+            return get_store().read_bytes(sha256)
+        except FileNotFoundError:
+            logger.warning(
+                "job %s: artifact %s is recorded but its bytes are gone", self.job_id, name
+            )
+            return None
 
     def finish(
         self,

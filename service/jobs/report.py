@@ -11,6 +11,7 @@ import numpy as np
 
 from service.jobs.charts import Series, bar_chart, line_chart
 from service.jobs.images import perturbation_pixels, png_bytes, to_pixels
+from service.jobs.results import AuditResult
 from service.jobs.schemas import JobRead
 
 GALLERY_SIZE = 8
@@ -328,8 +329,8 @@ def render_report(
     parts = [f"<h1>{title}</h1>", f"<p>Status: <b>{escape(job.status)}</b></p>"]
     if job.error:
         parts.append(f"<p class='fail'>{escape(job.error.code)}: {escape(job.error.message)}</p>")
-    if job.kind == "audit" and job.result:
-        parts.append(_audit_sections(job.result, per_sample, input_range))
+    if isinstance(job.result, AuditResult):
+        parts.append(_audit_sections(job.result.model_dump(mode="json"), per_sample, input_range))
     elif job.status in ("queued", "running"):
         parts.append(f"<p>{_pct(job.progress.fraction)} done: {escape(job.progress.message)}</p>")
     return (

@@ -11,7 +11,7 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import CursorResult, func, or_, select, update
+from sqlalchemy import CursorResult, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from service.tables import Artifact, Job, JobStatus, Tenant
@@ -203,6 +203,19 @@ def finish(
     if unless_cancelled:
         conditions = (*conditions, Job.cancel_requested.is_(False))
     return _changed(session, update(Job).where(*conditions).values(**values))
+
+
+def touch_owned(session: Session, job_id: str, owner: str, now: dt.datetime) -> bool:
+    """Check, under a row lock for the transaction, that ``owner`` still runs the job."""
+    return _changed(session, update(Job).where(*_owned(job_id, owner)).values(updated_at=now))
+
+
+def replace_artifact(session: Session, artifact: Artifact) -> None:
+    """Stage an artifact row, replacing the job's earlier one of the same name."""
+    session.execute(
+        delete(Artifact).where(Artifact.job_id == artifact.job_id, Artifact.name == artifact.name)
+    )
+    add_artifact(session, artifact)
 
 
 def add_artifact(session: Session, artifact: Artifact) -> None:

@@ -144,6 +144,15 @@ class ArtifactRef(BaseModel):
     content_type: str
 
 
+class ValidationResult(BaseModel):
+    """What a model's validation found (the model's own status says the same)."""
+
+    model_id: str
+    valid: bool
+    parameters: int | None = None
+    device: str | None = None
+
+
 class AuditResult(BaseModel):
     """What an audit measured."""
 

@@ -7,7 +7,12 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from service.jobs.kinds import typed_result
+from service.jobs.results import AuditResult, ValidationResult
 from service.tables import Artifact, Job
+
+# A result as its kind's model; documents of kinds this server does not know stay untyped.
+JobResult = AuditResult | ValidationResult | dict[str, Any]
 
 
 class Progress(BaseModel):
@@ -33,8 +38,8 @@ class JobRead(BaseModel):
     status: str = Field(description="queued | running | succeeded | failed | cancelled")
     spec: dict[str, Any]
     progress: Progress
-    result: dict[str, Any] | None = Field(
-        None, description="For a succeeded audit, an AuditResult; see components."
+    result: JobResult | None = Field(
+        None, description="A succeeded job's result: AuditResult for an audit, and so on."
     )
     error: JobError | None = None
     attempt: int
@@ -42,6 +47,8 @@ class JobRead(BaseModel):
     cancel_requested: bool
     model_id: str | None
     dataset_id: str | None
+    parent_id: str | None = Field(None, description="The job this one is a part of.")
+    engine_version: str | None = Field(None, description="The engine the job was admitted for.")
     created_at: dt.datetime
     started_at: dt.datetime | None
     finished_at: dt.datetime | None
@@ -56,13 +63,15 @@ class JobRead(BaseModel):
             status=job.status,
             spec=job.spec,
             progress=Progress(**job.progress),
-            result=job.result,
+            result=typed_result(job.kind, job.result),
             error=JobError(**job.error) if job.error else None,
             attempt=job.attempt,
             max_attempts=job.max_attempts,
             cancel_requested=job.cancel_requested,
             model_id=job.model_id,
             dataset_id=job.dataset_id,
+            parent_id=job.parent_id,
+            engine_version=job.engine_version,
             created_at=job.created_at,
             started_at=job.started_at,
             finished_at=job.finished_at,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import io
-import math
 import time
 from typing import Any
 
@@ -13,18 +12,17 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from service.database import after_commit, session_scope, utcnow
-from service.datasets.schemas import DatasetRead
-from service.datasets.service import get_dataset
 from service.engine import engine_version
 from service.jobs import repository
-from service.jobs.specs import USER_JOB_KINDS, AuditSpec, request_hash
+from service.jobs.kinds import KINDS, user_kind
+from service.jobs.specs import JobSpec, request_hash
 from service.models import repository as models
 from service.problems import FieldError, ProblemError, invalid, not_found
 from service.queue import send_job
 from service.security import report_token, report_token_valid
 from service.settings import Settings
 from service.storage import ArtifactStore
-from service.tables import Job, JobStatus, Model, ModelStatus, new_id
+from service.tables import Job, JobStatus, new_id
 from service.tenants.service import Principal
 
 # The per-example export an audit stores (the report's gallery reads it).
@@ -82,7 +80,7 @@ def create_job(
 def submit(
     session: Session,
     principal: Principal,
-    spec: AuditSpec,
+    spec: JobSpec,
     *,
     idempotency_key: str | None,
     settings: Settings,
@@ -104,9 +102,10 @@ def submit(
             _refuse_other_body(existing, spec, engine)
             repository.release_idempotency_key(session, existing.id)
 
-    model = _ready_model(session, principal, spec.model_id)
-    dataset = get_dataset(session, principal, spec.dataset_id)
-    check_audit_fits(spec, model, dataset, settings)
+    admit = KINDS[spec.kind].admit
+    if admit is None:
+        raise invalid("kind", f"{spec.kind!r} jobs are made by the service, not submitted")
+    admission = admit(session, principal, spec, settings)
     check_tenant_capacity(session, principal, settings)
 
     try:
@@ -118,8 +117,8 @@ def submit(
                 tenant_id=principal.tenant_id,
                 kind=spec.kind,
                 spec=spec.model_dump(mode="json"),
-                model_id=spec.model_id,
-                dataset_id=spec.dataset_id,
+                model_id=admission.model_id,
+                dataset_id=admission.dataset_id,
                 idempotency_key=idempotency_key,
                 spec_hash=spec_hash,
                 engine=engine,
@@ -145,7 +144,7 @@ def _replays(existing: Job, spec_hash: str, settings: Settings) -> bool:
     return existing.request_hash == spec_hash and age <= settings.idempotency_ttl_seconds
 
 
-def _refuse_other_body(existing: Job, spec: AuditSpec, engine: str) -> None:
+def _refuse_other_body(existing: Job, spec: JobSpec, engine: str) -> None:
     """A 422 unless ``existing`` was made from this very body (by another engine or long
     ago: then its key may be released)."""
     if existing.request_hash in (
@@ -174,89 +173,6 @@ def check_tenant_capacity(session: Session, principal: Principal, settings: Sett
             f"this tenant has {active} queued or running jobs, the most allowed "
             f"({settings.max_active_jobs_per_tenant}); retry when some have finished",
             headers={"Retry-After": "10"},
-        )
-
-
-def _ready_model(session: Session, principal: Principal, model_id: str) -> Model:
-    model = models.get(session, principal.tenant_id, model_id)
-    if model is None:
-        raise not_found("model", model_id)
-    if model.status == ModelStatus.VALIDATING:
-        raise ProblemError(
-            409,
-            "model_not_ready",
-            f"model {model_id!r} is still being validated; retry when its status is 'ready'",
-            headers={"Retry-After": "2"},
-        )
-    if model.status != ModelStatus.READY:
-        reason = (model.error or {}).get("message", "validation failed")
-        raise invalid("model_id", f"model is invalid: {reason}", code="model_invalid")
-    return model
-
-
-def check_audit_fits(
-    spec: AuditSpec, model: Model, dataset: DatasetRead, settings: Settings
-) -> None:
-    """Refuse an audit whose data, labels, eps or attacks cannot work with its model, or
-    whose size is beyond what one job may take."""
-    if spec.split not in dataset.splits:
-        raise invalid("split", f"dataset {dataset.id!r} has splits {sorted(dataset.splits)}")
-    if list(dataset.example_shape) != list(model.input_shape):
-        raise invalid(
-            "dataset_id",
-            f"examples have shape {dataset.example_shape} but the model expects "
-            f"{model.input_shape}",
-        )
-    if dataset.num_classes > model.num_classes:
-        raise invalid(
-            "dataset_id",
-            f"labels go up to {dataset.num_classes - 1} but the model has "
-            f"{model.num_classes} classes",
-        )
-    lower, upper = model.input_range
-    tolerance = 1e-6 * (upper - lower)
-    if dataset.value_range[0] < lower - tolerance or dataset.value_range[1] > upper + tolerance:
-        raise invalid(
-            "dataset_id",
-            f"values span {dataset.value_range} but the model's input_range is [{lower}, {upper}]",
-        )
-    examples = min(spec.limit or dataset.splits[spec.split], dataset.splits[spec.split])
-    if examples > settings.max_examples_per_job:
-        raise invalid(
-            "limit",
-            f"this audit would evaluate {examples} examples; at most "
-            f"{settings.max_examples_per_job} per job (set 'limit')",
-        )
-    for where, reason in spec.refusals(model.num_classes):
-        raise invalid(where, reason)
-    span = upper - lower
-    dims = math.prod(model.input_shape)
-    for where, attack in spec.sourced_attacks():
-        # Beyond these radii the ball contains the whole input range: eps is surely a mistake.
-        largest = span if attack.norm == "linf" else span * math.sqrt(dims)
-        for eps in attack.radii():
-            if eps > largest:
-                raise invalid(
-                    f"{where}.eps" if where.startswith("attacks") else "eps",
-                    f"{attack.name}: eps {eps:g} is beyond the input range [{lower}, {upper}] "
-                    f"({attack.norm} eps can be at most {largest:g})",
-                )
-    gradients = spec.gradient_evaluations(examples, model.num_classes)
-    if gradients > settings.max_gradients_per_job:
-        raise invalid(
-            "attacks",
-            f"this audit plans {gradients:,} gradient evaluations (examples x eps x steps x "
-            f"restarts, and Square's queries); the limit is {settings.max_gradients_per_job:,} "
-            "per job: fewer examples ('limit'), eps or steps",
-            code="budget_exceeded",
-        )
-    cells = spec.result_cells(model.num_classes)
-    if cells > settings.max_result_cells:
-        raise invalid(
-            "attacks",
-            f"the result would hold {cells:,} per-class numbers (attacks x eps x classes); the "
-            f"limit is {settings.max_result_cells:,}",
-            code="budget_exceeded",
         )
 
 
@@ -303,7 +219,7 @@ def get_job(session: Session, principal: Principal, job_id: str) -> Job:
 def cancel(session: Session, principal: Principal, job_id: str) -> Job:
     """Cancel a queued job at once; ask the worker of a running job to stop."""
     job = get_job(session, principal, job_id)
-    if job.kind not in USER_JOB_KINDS:
+    if not user_kind(job.kind):
         # Internal work (a model's validation) ends on its own; cancelling it would strand
         # the object it validates. Delete the model instead.
         raise ProblemError(

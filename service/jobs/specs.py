@@ -543,8 +543,6 @@ class ValidateModelSpec(_Strict):
 # What POST /v1/jobs accepts; ``train`` and ``transfer`` join as a union on ``kind``.
 JobSpec = AuditSpec
 
-USER_JOB_KINDS = ("audit",)
-
 
 def request_hash(spec: BaseModel, engine_version: str) -> str:
     """A digest of a validated spec and the engine that will run it, to tell an idempotent

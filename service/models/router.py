@@ -6,7 +6,9 @@ import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, Response, UploadFile
+from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
+from starlette.background import BackgroundTask
 
 from service.deps import PrincipalDep, SessionDep, SettingsDep
 from service.models import repository, service
@@ -97,6 +99,32 @@ def list_models(
 def get_model(principal: PrincipalDep, session: SessionDep, model_id: str) -> ModelRead:
     """Get a model, including its validation status and error."""
     return ModelRead.from_row(service.get_model(session, principal, model_id))
+
+
+_EXTENSIONS = {"onnx": "onnx", "safetensors": "safetensors", "pt": "pt"}
+
+
+@router.get(
+    "/{model_id}/file",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"application/octet-stream": {}}}},
+)
+def download_model(
+    principal: PrincipalDep, session: SessionDep, model_id: str
+) -> StreamingResponse:
+    """Download a model's file (an upload as it was sent, or a trained model)."""
+    model = service.get_model(session, principal, model_id)
+    handle = get_store().open(model.file_sha256)
+    name = f"{model.id}.{_EXTENSIONS.get(model.format, 'bin')}"
+    return StreamingResponse(
+        iter(lambda: handle.read(1 << 20), b""),
+        media_type="application/octet-stream",
+        headers={
+            "Content-Disposition": f'attachment; filename="{name}"',
+            "Content-Length": str(model.file_size),
+        },
+        background=BackgroundTask(handle.close),
+    )
 
 
 @router.delete("/{model_id}", status_code=204)

@@ -123,7 +123,7 @@ class ModelError(BaseModel):
 
 
 class ModelRead(BaseModel):
-    """An uploaded model."""
+    """An uploaded (or trained) model."""
 
     id: str
     name: str
@@ -138,6 +138,12 @@ class ModelRead(BaseModel):
     file_size: int
     file_sha256: str
     validation_job_id: str | None
+    source_job_id: str | None = Field(
+        None, description="The training job that produced this model (null for uploads)."
+    )
+    parent_model_id: str | None = Field(
+        None, description="The model it was fine-tuned from, if any."
+    )
     created_at: dt.datetime
     updated_at: dt.datetime
 
@@ -158,6 +164,8 @@ class ModelRead(BaseModel):
             file_size=row.file_size,
             file_sha256=row.file_sha256,
             validation_job_id=row.validation_job_id,
+            source_job_id=row.source_job_id,
+            parent_model_id=row.parent_model_id,
             created_at=row.created_at,
             updated_at=row.updated_at,
         )

@@ -196,3 +196,16 @@ def test_num_classes_over_the_cap_is_422(
     refused = upload(client, tenant.headers, {**ONNX_META, "num_classes": 11})
     assert refused.status_code == 422
     assert "at most 10 classes" in refused.json()["errors"][0]["reason"]
+
+
+def test_a_models_file_downloads_as_uploaded(client, make_tenant) -> None:  # type: ignore[no-untyped-def]
+    owner, other = make_tenant(), make_tenant()
+    payload = bytes(range(256)) * 4096  # 1 MiB: streamed in chunks
+    model_id = model_row(owner.id, data=payload)
+    response = client.get(f"/v1/models/{model_id}/file", headers=owner.headers)
+    assert response.status_code == 200
+    assert response.content == payload
+    assert response.headers["content-type"] == "application/octet-stream"
+    assert f'filename="{model_id}.onnx"' in response.headers["content-disposition"]
+    hidden = client.get(f"/v1/models/{model_id}/file", headers=other.headers)
+    assert hidden.status_code == 404

@@ -19,7 +19,6 @@ from adversarial.evaluation import AttackConfig
 from service.database import session_scope
 from service.datasets import repository as datasets
 from service.engine import engine_version
-from service.jobs import repository as jobs
 from service.jobs.results import (
     ArtifactRef,
     AttackResult,
@@ -37,9 +36,10 @@ from service.jobs.specs import AuditSpec, attack_strength
 from service.models import repository as models
 from service.settings import get_settings
 from service.storage import ArtifactStore, get_store
-from service.tables import Artifact, Dataset, Job, Model, new_id
+from service.tables import Dataset, Job, Model
 from worker.lease import Lease
 from worker.loading import load_examples, load_user_model, select_device, subset
+from worker.runners.base import record_artifacts
 
 
 def attack_configs(spec: AuditSpec) -> list[AttackConfig]:
@@ -210,19 +210,7 @@ class AuditRunner:
         return result.model_dump(mode="json")
 
     def on_success(self, session: Session, job: Job, result: dict[str, Any]) -> None:
-        for artifact in result.get("artifacts", []):
-            jobs.add_artifact(
-                session,
-                Artifact(
-                    id=new_id("a"),
-                    tenant_id=job.tenant_id,
-                    job_id=job.id,
-                    name=artifact["name"],
-                    sha256=artifact["sha256"],
-                    size=artifact["size"],
-                    content_type=artifact["content_type"],
-                ),
-            )
+        record_artifacts(session, job, result.get("artifacts", []))
 
     def on_failure(self, session: Session, job: Job, error: dict[str, Any]) -> None:
         return None
