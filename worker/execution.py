@@ -15,8 +15,9 @@ from adversarial.errors import EngineInputError
 from service.database import session_scope
 from service.jobs import repository
 from service.jobs.results import sanitized
+from service.jobs.service import finish_part
 from service.settings import Settings, get_settings
-from service.tables import JobStatus
+from service.tables import Job, JobStatus
 from worker.lease import JobCancelled, Lease, LeaseLost
 from worker.runners import RUNNERS
 
@@ -46,11 +47,20 @@ def execute_job(job_id: str, *, settings: Settings | None = None, owner: str | N
     with session_scope() as session:
         job = repository.get_any(session, job_id)
     assert job is not None
-    runner = RUNNERS.get(job.kind)
     logger.info(
         "job %s (%s): claimed by %s, attempt %d", job_id, job.kind, lease.owner, job.attempt
     )
+    outcome = _run_claimed(job, lease, settings)
+    if job.parent_id is not None and outcome in JobStatus.FINAL:
+        # The last part to finish queues its parent (the merge).
+        finish_part(job.parent_id)
+    return outcome
 
+
+def _run_claimed(job: Job, lease: Lease, settings: Settings) -> str:
+    """Run a claimed job's runner under its lease and write its final state once."""
+    job_id = job.id
+    runner = RUNNERS.get(job.kind)
     error: dict[str, Any]
     with lease:
         try:

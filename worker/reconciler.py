@@ -16,7 +16,7 @@ import threading
 
 from service.database import session_scope, utcnow
 from service.jobs import repository
-from service.jobs.service import dispatch
+from service.jobs.service import dispatch, finish_part
 from service.settings import Settings, get_settings
 from service.tables import JobStatus
 from worker.runners import RUNNERS
@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 def reconcile_once(settings: Settings | None = None) -> dict[str, int]:
     """One pass; returns how many jobs were re-queued, failed, cancelled and re-sent."""
     settings = settings or get_settings()
-    counts = {"requeued": 0, "failed": 0, "cancelled": 0, "resent": 0}
+    counts = {"requeued": 0, "failed": 0, "cancelled": 0, "resent": 0, "woken": 0}
     now = utcnow()
     with session_scope() as session:
         expired = repository.expired_leases(session, now)
@@ -74,6 +74,15 @@ def reconcile_once(settings: Settings | None = None) -> dict[str, int]:
                 runner.on_failure(session, job, values["error"])  # type: ignore[arg-type]
         logger.warning("job %s: lease of %s expired; %s", job.id, job.lease_owner, outcome)
         counts[outcome] += 1
+        if outcome != "requeued" and job.parent_id is not None:
+            finish_part(job.parent_id)
+
+    # A parent whose last part finished but was never woken (its worker died in between).
+    with session_scope() as session:
+        sleeping = repository.sleeping_parents(session)
+    for parent_id in sleeping:
+        finish_part(parent_id)
+        counts["woken"] += 1
 
     sent_before = now - dt.timedelta(seconds=settings.requeue_after_seconds)
     with session_scope() as session:

@@ -8,7 +8,8 @@ and says which model and dataset the job uses.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy.orm import Session
 
@@ -23,11 +24,23 @@ from service.tenants.service import Principal
 
 
 @dataclass(frozen=True)
+class Part:
+    """A job an admitted job is made of (a shard, a transfer's crafting or scoring)."""
+
+    kind: str
+    spec: dict[str, Any]
+    model_id: str | None = None
+    dataset_id: str | None = None
+
+
+@dataclass(frozen=True)
 class Admission:
-    """What an admitted job refers to (the columns jobs are filtered by)."""
+    """What an admitted job refers to (the columns jobs are filtered by), and the parts it
+    is made of: with parts, the job waits for them and then runs to merge their results."""
 
     model_id: str | None = None
     dataset_id: str | None = None
+    parts: list[Part] = field(default_factory=list)
 
 
 def admit_audit(

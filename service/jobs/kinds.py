@@ -43,6 +43,11 @@ KINDS: dict[str, JobKind] = {
 }
 
 
+def user_kinds() -> list[str]:
+    """The kinds tenants submit."""
+    return [name for name, kind in KINDS.items() if kind.admit is not None]
+
+
 def user_kind(name: str) -> bool:
     """Whether tenants submit and cancel jobs of this kind."""
     kind = KINDS.get(name)

@@ -11,8 +11,8 @@ import datetime as dt
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import CursorResult, delete, func, or_, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import CursorResult, delete, exists, func, or_, select, update
+from sqlalchemy.orm import Session, aliased
 
 from service.tables import Artifact, Job, JobStatus, Tenant
 
@@ -75,8 +75,8 @@ def lock_tenant(session: Session, tenant_id: str) -> None:
     session.execute(select(Tenant.id).where(Tenant.id == tenant_id).with_for_update())
 
 
-def count_active(session: Session, tenant_id: str) -> int:
-    """The tenant's queued and running jobs."""
+def count_active(session: Session, tenant_id: str, kinds: Sequence[str]) -> int:
+    """The tenant's queued and running jobs of ``kinds`` that are not a part of another."""
     return int(
         session.scalar(
             select(func.count())
@@ -84,10 +84,92 @@ def count_active(session: Session, tenant_id: str) -> int:
             .where(
                 Job.tenant_id == tenant_id,
                 Job.status.in_((JobStatus.QUEUED, JobStatus.RUNNING)),
+                Job.parent_id.is_(None),
+                Job.kind.in_(kinds),
             )
         )
         or 0
     )
+
+
+# -- jobs with parts -----------------------------------------------------------------------
+
+_Child = aliased(Job)
+
+
+def _has_unfinished_children() -> Any:
+    return exists().where(_Child.parent_id == Job.id, _Child.status.not_in(JobStatus.FINAL))
+
+
+def children(session: Session, parent_id: str) -> list[Job]:
+    """A job's parts, oldest first."""
+    return list(session.scalars(select(Job).where(Job.parent_id == parent_id).order_by(Job.id)))
+
+
+def unfinished_children(session: Session, parent_id: str) -> tuple[int, int]:
+    """``(unfinished, all)`` parts of a job."""
+    rows = session.execute(
+        select(Job.status, func.count()).where(Job.parent_id == parent_id).group_by(Job.status)
+    ).all()
+    total = sum(count for _, count in rows)
+    return sum(count for status, count in rows if status not in JobStatus.FINAL), total
+
+
+def wake_parent(
+    session: Session, parent_id: str, now: dt.datetime, progress: dict[str, Any]
+) -> bool:
+    """Queue a parent whose parts have all finished (it waits ``running`` without a lease);
+    ``False`` while a part is unfinished, or when it was woken already."""
+    return _changed(
+        session,
+        update(Job)
+        .where(
+            Job.id == parent_id,
+            Job.status == JobStatus.RUNNING,
+            Job.lease_owner.is_(None),
+            ~_has_unfinished_children(),
+        )
+        .values(status=JobStatus.QUEUED, enqueued_at=None, progress=progress, updated_at=now),
+    )
+
+
+def note_parts_progress(
+    session: Session, parent_id: str, now: dt.datetime, progress: dict[str, Any]
+) -> None:
+    """Show a waiting parent how far its parts have come."""
+    session.execute(
+        update(Job)
+        .where(
+            Job.id == parent_id,
+            Job.status == JobStatus.RUNNING,
+            Job.lease_owner.is_(None),
+        )
+        .values(progress=progress, updated_at=now)
+    )
+
+
+def cancel_waiting_parent(session: Session, job_id: str, now: dt.datetime) -> bool:
+    """Cancel a parent that waits for its parts (no worker holds it)."""
+    return _changed(
+        session,
+        update(Job)
+        .where(Job.id == job_id, Job.status == JobStatus.RUNNING, Job.lease_owner.is_(None))
+        .values(status=JobStatus.CANCELLED, cancel_requested=True, finished_at=now, updated_at=now),
+    )
+
+
+def sleeping_parents(session: Session, limit: int = 100) -> Sequence[str]:
+    """Waiting parents whose parts have all finished (a wake-up that was lost)."""
+    return session.scalars(
+        select(Job.id)
+        .where(
+            Job.status == JobStatus.RUNNING,
+            Job.lease_owner.is_(None),
+            exists().where(_Child.parent_id == Job.id),
+            ~_has_unfinished_children(),
+        )
+        .limit(limit)
+    ).all()
 
 
 def _changed(session: Session, statement: Any) -> bool:

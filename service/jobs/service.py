@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from service.database import after_commit, session_scope, utcnow
 from service.engine import engine_version
 from service.jobs import repository
-from service.jobs.kinds import KINDS, user_kind
+from service.jobs.kinds import KINDS, user_kind, user_kinds
 from service.jobs.specs import JobSpec, request_hash
 from service.models import repository as models
 from service.problems import FieldError, ProblemError, invalid, not_found
@@ -53,8 +53,14 @@ def create_job(
     spec_hash: str | None = None,
     engine: str | None = None,
     parent_id: str | None = None,
+    waits_for_parts: bool = False,
 ) -> Job:
-    """Stage a queued job; its id goes to the broker once the transaction commits."""
+    """Stage a queued job; its id goes to the broker once the transaction commits.
+
+    With ``waits_for_parts`` the job is a parent that waits, ``running`` without a lease,
+    until its parts (jobs with this ``parent_id``, staged by the caller) have finished; the
+    last one to finish queues it (:func:`finish_part`).
+    """
     job = Job(
         id=new_id("j"),
         tenant_id=tenant_id,
@@ -72,9 +78,33 @@ def create_job(
         engine_version=engine,
         parent_id=parent_id,
     )
+    if waits_for_parts:
+        job.status = JobStatus.RUNNING
+        job.started_at = utcnow()
+        job.progress = {"fraction": 0.0, "stage": "parts", "message": "waiting for its parts"}
     repository.add(session, job)
-    after_commit(session, lambda: dispatch(job.id))
+    if not waits_for_parts:
+        after_commit(session, lambda: dispatch(job.id))
     return job
+
+
+def finish_part(parent_id: str) -> None:
+    """After a part's final write: queue its parent when every part has finished, else show
+    the parent how many have. Safe to call more than once (a parent is queued once)."""
+    with session_scope() as session:
+        unfinished, total = repository.unfinished_children(session, parent_id)
+        done = total - unfinished
+        progress = {
+            "fraction": round(done / total, 4) if total else 1.0,
+            "stage": "parts",
+            "message": f"{done} of {total} parts finished",
+        }
+        if unfinished:
+            repository.note_parts_progress(session, parent_id, utcnow(), progress)
+            return
+        if not repository.wake_parent(session, parent_id, utcnow(), progress):
+            return
+    dispatch(parent_id)
 
 
 def submit(
@@ -107,6 +137,7 @@ def submit(
         raise invalid("kind", f"{spec.kind!r} jobs are made by the service, not submitted")
     admission = admit(session, principal, spec, settings)
     check_tenant_capacity(session, principal, settings)
+    parts = admission.parts
 
     try:
         # A savepoint, so a concurrent request that won the race on the same key does not
@@ -123,7 +154,20 @@ def submit(
                 spec_hash=spec_hash,
                 engine=engine,
                 settings=settings,
+                waits_for_parts=bool(parts),
             )
+            for part in parts:
+                create_job(
+                    session,
+                    tenant_id=principal.tenant_id,
+                    kind=part.kind,
+                    spec=part.spec,
+                    model_id=part.model_id,
+                    dataset_id=part.dataset_id,
+                    engine=engine,
+                    settings=settings,
+                    parent_id=job.id,
+                )
     except IntegrityError:
         session.info.pop("after_commit", None)
         existing = repository.get_by_idempotency_key(
@@ -165,7 +209,7 @@ def check_tenant_capacity(session: Session, principal: Principal, settings: Sett
     # Serializes a tenant's admissions (Postgres row lock), so two racing requests cannot
     # both take the last slot.
     repository.lock_tenant(session, principal.tenant_id)
-    active = repository.count_active(session, principal.tenant_id)
+    active = repository.count_active(session, principal.tenant_id, user_kinds())
     if active >= settings.max_active_jobs_per_tenant:
         raise ProblemError(
             429,
@@ -217,18 +261,24 @@ def get_job(session: Session, principal: Principal, job_id: str) -> Job:
 
 
 def cancel(session: Session, principal: Principal, job_id: str) -> Job:
-    """Cancel a queued job at once; ask the worker of a running job to stop."""
+    """Cancel a queued job at once; ask the worker of a running job to stop. Cancelling a
+    job with parts cancels every part."""
     job = get_job(session, principal, job_id)
-    if not user_kind(job.kind):
+    if not user_kind(job.kind) and job.parent_id is None:
         # Internal work (a model's validation) ends on its own; cancelling it would strand
         # the object it validates. Delete the model instead.
         raise ProblemError(
             409, "job_not_cancellable", f"job {job_id!r} ({job.kind}) cannot be cancelled"
         )
     now = utcnow()
+    for part in repository.children(session, job.id):
+        if not repository.cancel_queued(session, part.id, now):
+            repository.request_cancel(session, part.id, now)
     if job.status == JobStatus.QUEUED and not repository.cancel_queued(session, job.id, now):
         session.refresh(job)  # a worker claimed it meanwhile
-    if job.status == JobStatus.RUNNING:
+    if job.status == JobStatus.RUNNING and not repository.cancel_waiting_parent(
+        session, job.id, now
+    ):
         repository.request_cancel(session, job.id, now)
     elif job.status in (JobStatus.SUCCEEDED, JobStatus.FAILED):
         raise ProblemError(409, "job_finished", f"job {job_id!r} already {job.status}")
