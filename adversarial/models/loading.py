@@ -6,7 +6,7 @@ Accepted formats (DESIGN.md, "Model formats"):
 - ``pt``: a ``torch.save`` zip of a state_dict; the zip is checked first
   (:func:`adversarial.models.archive.check_torch_zip`), then read with
   ``torch.load(..., weights_only=True)``, which refuses pickled code and whole modules.
-- ``onnx``: any graph, converted by :mod:`adversarial.models.onnx_graph`.
+- ``onnx``: any graph, converted by :mod:`adversarial.models.onnx`.
 
 TorchScript, ``torch.export`` ``.pt2`` and pickled whole models are refused with a message
 that says how to export a state_dict or ONNX instead. Nothing here ever unpickles without
@@ -231,7 +231,7 @@ def _load_onnx(data: bytes, spec: ModelSpec, *, max_bytes: int) -> nn.Module:
             "An ONNX file carries its own graph; leave out the architecture.",
         )
     # Imported here so the state_dict formats work without the ONNX converter.
-    from adversarial.models.onnx_graph import load_onnx
+    from adversarial.models.onnx import load_onnx
 
     return load_onnx(data, max_bytes=max_bytes)
 

@@ -18,7 +18,7 @@ from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
 from adversarial.errors import ModelFormatError
-from adversarial.models.onnx_graph import OnnxGraphModule, load_onnx, supported_ops
+from adversarial.models.onnx import OnnxGraphModule, load_onnx, supported_ops
 
 try:
     from onnx.reference import ReferenceEvaluator
