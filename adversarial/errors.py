@@ -18,3 +18,18 @@ class ModelFormatError(EngineInputError):
 
 class DatasetError(EngineInputError):
     """A dataset that cannot be used as declared."""
+
+
+class ModelTooLargeError(ModelFormatError):
+    """A model that would exceed a resource budget (memory, compute, size) if it were run.
+
+    The code is always ``model_too_large``; ``limit`` names the budget (a field of the limits
+    dataclass that was exceeded, e.g. ``max_tensor_elements``), ``value`` is what the model
+    needs and ``maximum`` what the budget allows, in the budget's unit.
+    """
+
+    def __init__(self, message: str, *, limit: str, value: int, maximum: int) -> None:
+        super().__init__("model_too_large", message)
+        self.limit = limit
+        self.value = value
+        self.maximum = maximum

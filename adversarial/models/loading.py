@@ -233,7 +233,7 @@ def _load_onnx(data: bytes, spec: ModelSpec, *, max_bytes: int) -> nn.Module:
     # Imported here so the state_dict formats work without the ONNX converter.
     from adversarial.models.onnx import load_onnx
 
-    return load_onnx(data, max_bytes=max_bytes)
+    return load_onnx(data, max_bytes=max_bytes, input_shape=spec.input_shape)
 
 
 def _read_safetensors(data: bytes) -> dict[str, torch.Tensor]:

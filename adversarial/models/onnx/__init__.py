@@ -33,21 +33,41 @@ Scope and conventions:
   ``Reshape(x, [1, -1])``. Other ops that bake the export batch into constants (Expand/Tile to a
   fixed shape, ...) are not rewritten: such graphs only run at their export batch size.
 
-Layout (the trust boundary first):
+* Resource budgets (:class:`OnnxLimits`) are checked before any tensor exists (stored sizes,
+  then ONNX shape inference at the validation batch) and again by the executor before every
+  op that can grow a tensor; a graph beyond them is refused with ``model_too_large``.
+
+Layout (the trust boundary first; the first four modules do not use torch):
 
 * :mod:`.checks`: structural checks on the protobuf (external data, domains, opsets, op
-  support). Nothing here decodes a tensor.
+  support).
+* :mod:`.budgets`: size budgets before any tensor exists (stored tensors and node count, then
+  inferred activations and FLOPs).
+* :mod:`.limits`: :class:`OnnxLimits`, the budgets and their defaults.
+* :mod:`.costs`: output shapes and FLOPs of ops from input shapes, shared by the static
+  budget and the run-time guards.
 * :mod:`.loader`: :func:`load_onnx`, which runs the checks and then builds the module.
 * :mod:`.tensors`: ONNX tensors and attributes decoded into torch values.
 * :mod:`.executor`: :class:`OnnxGraphModule`, the ``nn.Module`` that replays the graph.
+* :mod:`.guards`: the executor's run-time guards (what an op will create and compute).
 * :mod:`.ops`: the op library, one registry of torch implementations by op name.
 """
 
 from __future__ import annotations
 
+from adversarial.errors import ModelTooLargeError
 from adversarial.models.onnx.checks import MAX_OPSET, MIN_OPSET
 from adversarial.models.onnx.executor import OnnxGraphModule
+from adversarial.models.onnx.limits import OnnxLimits
 from adversarial.models.onnx.loader import load_onnx
 from adversarial.models.onnx.ops import supported_ops
 
-__all__ = ["MAX_OPSET", "MIN_OPSET", "OnnxGraphModule", "load_onnx", "supported_ops"]
+__all__ = [
+    "MAX_OPSET",
+    "MIN_OPSET",
+    "ModelTooLargeError",
+    "OnnxGraphModule",
+    "OnnxLimits",
+    "load_onnx",
+    "supported_ops",
+]

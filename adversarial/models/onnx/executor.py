@@ -1,16 +1,56 @@
-"""The executor: :class:`OnnxGraphModule`, an ``nn.Module`` that replays a checked graph."""
+"""The executor: :class:`OnnxGraphModule`, an ``nn.Module`` that replays a checked graph.
+
+Before each op runs, its run-time guard (:mod:`.guards`) says what it would create and
+compute, and the pass is refused beyond the module's :class:`~.limits.OnnxLimits`; after it
+runs, its outputs are added to the pass's activation total.
+"""
 
 from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from adversarial.errors import ModelFormatError
+from adversarial.models.onnx.costs import numel
+from adversarial.models.onnx.guards import GUARDS, VALUE_DEPENDENT, OpCost
+from adversarial.models.onnx.limits import OnnxLimits, refuse
 from adversarial.models.onnx.ops import OPS
 from adversarial.models.onnx.ops.base import Node, OpContext, OpSpec
 
 # Constants up to this many elements get a host copy (shape vectors, axes, indices, scales).
 HOST_CONST_MAX_ELEMENTS = 4096
+
+# Input positions that hold learnable weights, per op (None: every input). An initializer is
+# trainable when it reaches one of these, directly or through _WEIGHT_PASSTHROUGH ops.
+_WEIGHT_SLOTS: dict[str, tuple[int, ...] | None] = {
+    "Conv": (1, 2),
+    "ConvTranspose": (1, 2),
+    "Gemm": (0, 1, 2),
+    "MatMul": (0, 1),
+    "Einsum": None,
+    "BatchNormalization": (1, 2),  # scale and bias; the running statistics are not weights
+    "InstanceNormalization": (1, 2),
+    "LayerNormalization": (1, 2),
+    "GroupNormalization": (1, 2),
+    "Add": (0, 1),
+    "Sub": (0, 1),
+    "Mul": (0, 1),
+    "Div": (0, 1),
+    "PRelu": (1,),
+    "Gather": (0,),  # embedding tables
+}
+# Ops an exporter may put between a stored weight and the layer that uses it.
+_WEIGHT_PASSTHROUGH = frozenset(
+    {"Identity", "Cast", "Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten"}
+)
+# Layers whose weights "the last layer" means.
+_LAYER_OPS = frozenset({"Gemm", "MatMul", "Conv", "ConvTranspose", "Einsum"})
+_BIAS_OPS = frozenset({"Add"})
+# Cached guard costs are dropped beyond this many (a few batch sizes times the nodes).
+_COST_CACHE_ENTRIES = 65_536
 
 
 def move_to_common_device(ins: list[Tensor | None], host: frozenset[int]) -> list[Tensor | None]:
@@ -28,10 +68,90 @@ def move_to_common_device(ins: list[Tensor | None], host: frozenset[int]) -> lis
     ]
 
 
+class _PassBudget:
+    """One forward pass's running totals, checked against the limits.
+
+    Budgets are stated at ``limits.validation_batch``. On a larger batch a tensor whose first
+    dimension is the batch is counted at ``validation_batch / batch`` of its size (its
+    per-example size is what the static check saw), every other tensor at full size.
+    """
+
+    def __init__(self, limits: OnnxLimits, batch: int) -> None:
+        self.limits = limits
+        self.batch = batch
+        self.scale = limits.validation_batch / batch if batch > limits.validation_batch else 1.0
+        self.activations = 0.0
+        self.flops = 0.0
+
+    def _counted(self, shape: Sequence[int], amount: float) -> float:
+        if self.scale < 1.0 and len(shape) > 0 and shape[0] == self.batch:
+            return amount * self.scale
+        return amount
+
+    def _where(self, node: Node, shape: Sequence[int]) -> str:
+        where = f"ONNX node {node.name!r} ({node.op_type}) at batch {self.batch}"
+        if self._counted(shape, 1.0) < 1.0:
+            where += f", scaled to the validation batch {self.limits.validation_batch},"
+        return where
+
+    def before(self, node: Node, cost: OpCost) -> None:
+        """Refuse the op if what it is about to create or compute exceeds a budget."""
+        limits = self.limits
+        created = 0.0
+        for shape in cost.shapes:
+            counted = self._counted(shape, float(numel(shape)))
+            if counted > limits.max_tensor_elements:
+                raise refuse(
+                    "max_tensor_elements",
+                    math.ceil(counted),
+                    limits.max_tensor_elements,
+                    "elements",
+                    f"{self._where(node, shape)}: a tensor of shape {list(shape)}",
+                )
+            created += counted
+        if self.activations + created > limits.max_activation_elements:
+            raise refuse(
+                "max_activation_elements",
+                math.ceil(self.activations + created),
+                limits.max_activation_elements,
+                "elements",
+                f"{self._where(node, cost.shapes[-1])}: the activations of the pass so far",
+            )
+        if cost.flops:
+            self.flops += self._counted(cost.shapes[-1], float(cost.flops))
+            allowed = limits.max_flops_per_example * limits.validation_batch
+            if self.flops > allowed:
+                raise refuse(
+                    "max_flops_per_example",
+                    math.ceil(self.flops / limits.validation_batch),
+                    limits.max_flops_per_example,
+                    "FLOPs per example",
+                    f"{self._where(node, cost.shapes[-1])}: the pass so far",
+                )
+
+    def after(self, node: Node, outputs: Iterable[Tensor | None]) -> None:
+        """Add the op's outputs to the pass's activations (they stay alive until it ends)."""
+        for value in outputs:
+            if value is not None:
+                self.activations += self._counted(value.shape, float(value.numel()))
+        if self.activations > self.limits.max_activation_elements:
+            raise refuse(
+                "max_activation_elements",
+                math.ceil(self.activations),
+                self.limits.max_activation_elements,
+                "elements",
+                f"ONNX node {node.name!r} ({node.op_type}) at batch {self.batch}: the "
+                "activations of the pass so far",
+            )
+
+
 class OnnxGraphModule(nn.Module):
     """An ONNX graph replayed with torch ops; ``forward(x)`` returns the graph's first output.
 
-    Build it with :func:`load_onnx`. The graph is always evaluated in inference mode.
+    Build it with :func:`~adversarial.models.onnx.load_onnx`. The graph is always evaluated in
+    inference mode (BatchNormalization uses its running statistics, Dropout is the identity),
+    also while fine-tuning: :meth:`make_trainable` turns weights into parameters and changes
+    nothing else. Every pass is checked against :attr:`limits` (see :mod:`.guards`).
     """
 
     def __init__(
@@ -39,11 +159,13 @@ class OnnxGraphModule(nn.Module):
         *,
         nodes: list[Node],
         constants: dict[str, Tensor],
+        initializer_names: Iterable[str],
         input_name: str,
         input_dtype: torch.dtype,
         output_name: str,
         opset: int,
         export_batch: int | None,
+        limits: OnnxLimits,
     ) -> None:
         super().__init__()
         self._nodes = nodes
@@ -52,6 +174,12 @@ class OnnxGraphModule(nn.Module):
         self._output_name = output_name
         self._opset = opset
         self._export_batch = export_batch
+        self._limits = limits
+        self._initializer_names = [name for name in initializer_names if name in constants]
+        self._producer = {output: node for node in nodes for output in node.outputs if output}
+        # Costs of shape-only guards by (node index, input shapes): a pass at a batch size
+        # seen before pays a dict lookup per node instead of the shape arithmetic.
+        self._cost_cache: dict[tuple[int, tuple[tuple[int, ...] | None, ...]], OpCost] = {}
         self._buffer_of: dict[str, str] = {}
         # Host (CPU) copies of small constants: integer ones feed shape arithmetic by default;
         # any of them is what an op reads as Python values (Resize scales, Pad value), so no
@@ -77,8 +205,143 @@ class OnnxGraphModule(nn.Module):
         """Name of the graph input ``forward`` feeds."""
         return self._input_name
 
+    @property
+    def limits(self) -> OnnxLimits:
+        """The budgets every forward pass is checked against."""
+        return self._limits
+
     def extra_repr(self) -> str:
         return f"nodes={len(self._nodes)}, opset={self._opset}, input={self._input_name!r}"
+
+    # --- initializers and fine-tuning --------------------------------------------------------
+
+    def initializers(self) -> dict[str, Tensor]:
+        """The current value of each (dense or sparse) graph initializer, by ONNX name.
+
+        The tensors are the module's own buffers or parameters (not copies), in graph order.
+        """
+        return {name: getattr(self, self._buffer_of[name]) for name in self._initializer_names}
+
+    def trainable_initializers(self) -> list[str]:
+        """Initializers :meth:`make_trainable` accepts, in graph order.
+
+        Those that are floating point, consumed as weights (a Conv/ConvTranspose weight or
+        bias, a Gemm/MatMul/Einsum operand, a normalisation scale or bias, an Add/Sub/Mul/Div
+        operand, a PRelu slope, a Gather table; directly or through Identity, Cast, Transpose,
+        Reshape, Squeeze, Unsqueeze or Flatten), and never read as Python values (shapes,
+        scales, pads). BatchNormalization running statistics are not weights.
+        """
+        initializers = self.initializers()
+        weights = {name for node in self._nodes for name in self._weight_sources(node)}
+        read_as_values = {
+            name
+            for node in self._nodes
+            for position, name in enumerate(node.inputs)
+            if position in OPS[node.op_type].host_inputs
+        }
+        return [
+            name
+            for name, tensor in initializers.items()
+            if tensor.is_floating_point() and name in weights and name not in read_as_values
+        ]
+
+    def make_trainable(self, names: Iterable[str] | None = None) -> list[nn.Parameter]:
+        """Turn the initializers ``names`` (all trainable ones when None) into parameters.
+
+        The forward pass is unchanged (same values, same ops); gradients now reach these
+        tensors and an optimizer can update them. Calling it again for a name returns the same
+        parameter. Returns the parameters in the order of ``names`` (graph order for None).
+
+        Raises:
+            ModelFormatError: ``onnx_not_trainable`` for a name that is not one of
+                :meth:`trainable_initializers` (the message says why).
+        """
+        allowed = self.trainable_initializers()
+        wanted = allowed if names is None else list(dict.fromkeys(names))
+        refused = [name for name in wanted if name not in allowed]
+        if refused:
+            known = set(self._initializer_names)
+            reasons = [
+                f"{name!r} ({'not a weight' if name in known else 'no such initializer'})"
+                for name in refused
+            ]
+            raise ModelFormatError(
+                "onnx_not_trainable",
+                f"ONNX initializers {', '.join(reasons)} cannot be trained; trainable: "
+                + (", ".join(repr(name) for name in allowed) or "none"),
+            )
+        parameters: list[nn.Parameter] = []
+        for name in wanted:
+            attribute = self._buffer_of[name]
+            current = getattr(self, attribute)
+            if not isinstance(current, nn.Parameter):
+                delattr(self, attribute)
+                current = nn.Parameter(current.detach().clone(), requires_grad=True)
+                self.register_parameter(attribute, current)
+                # A parameter is read from the module only; a stale host copy must not exist.
+                self._host_copy.pop(name, None)
+            parameters.append(current)
+        return parameters
+
+    def last_layer_initializers(self) -> list[str]:
+        """The trainable initializers of the graph's final weight-bearing layer.
+
+        That is the last Gemm, MatMul, Conv, ConvTranspose or Einsum (in topological order)
+        that the output depends on and that has a trainable initializer, with the bias of an
+        ``Add`` that directly follows it. Typically a classifier's final Linear layer:
+        ``[weight, bias]``.
+
+        Raises:
+            ModelFormatError: ``onnx_not_trainable`` when the graph has no such layer.
+        """
+        trainable = set(self.trainable_initializers())
+        needed = self._ancestors_of_output()
+        for index in range(len(self._nodes) - 1, -1, -1):
+            node = self._nodes[index]
+            if node.op_type not in _LAYER_OPS or not set(node.outputs) & needed:
+                continue
+            names = [name for name in self._weight_sources(node) if name in trainable]
+            if not names:
+                continue
+            for later in self._nodes[index + 1 :]:
+                if later.op_type in _BIAS_OPS and set(later.inputs) & set(node.outputs):
+                    names += [n for n in self._weight_sources(later) if n in trainable]
+            return list(dict.fromkeys(names))
+        raise ModelFormatError(
+            "onnx_not_trainable",
+            "The ONNX graph has no Gemm, MatMul, Conv, ConvTranspose or Einsum layer with "
+            "trainable initializers before its output",
+        )
+
+    def _weight_sources(self, node: Node) -> list[str]:
+        """Initializers that reach ``node``'s weight slots (through pass-through ops)."""
+        if node.op_type not in _WEIGHT_SLOTS:
+            return []
+        slots = _WEIGHT_SLOTS[node.op_type]
+        producer = self._producer
+        initializers = set(self._initializer_names)
+        sources: list[str] = []
+        for position, name in enumerate(node.inputs):
+            if slots is not None and position not in slots:
+                continue
+            while name and name not in initializers and name in producer:
+                upstream = producer[name]
+                if upstream.op_type not in _WEIGHT_PASSTHROUGH or not upstream.inputs:
+                    break
+                name = upstream.inputs[0]
+            if name in initializers:
+                sources.append(name)
+        return sources
+
+    def _ancestors_of_output(self) -> set[str]:
+        """Names of every value the graph output depends on, the output included."""
+        needed = {self._output_name}
+        for node in reversed(self._nodes):
+            if set(node.outputs) & needed:
+                needed.update(name for name in node.inputs if name)
+        return needed
+
+    # --- execution ---------------------------------------------------------------------------
 
     def _lookup(
         self, env: dict[str, Tensor], node: Node, position: int, name: str, spec: OpSpec
@@ -98,8 +361,32 @@ class OnnxGraphModule(nn.Module):
             )
         return value
 
+    def _cost(
+        self, index: int, node: Node, ctx: OpContext, ins: list[Tensor | None]
+    ) -> OpCost | None:
+        """What the node is about to create and compute (None for ops that cannot grow)."""
+        guard = GUARDS.get(node.op_type)
+        if guard is None:
+            return None
+        if node.op_type in VALUE_DEPENDENT:
+            return guard(ctx, ins)
+        key = (index, tuple(None if t is None else tuple(t.shape) for t in ins))
+        cost = self._cost_cache.get(key)
+        if cost is None:
+            if len(self._cost_cache) > _COST_CACHE_ENTRIES:
+                self._cost_cache.clear()
+            cost = self._cost_cache[key] = guard(ctx, ins)
+        return cost
+
     def forward(self, x: Tensor) -> Tensor:
-        """Run the graph on ``x`` (``[N, ...]``) and return its first output."""
+        """Run the graph on ``x`` (``[N, ...]``) and return its first output.
+
+        Raises:
+            ModelFormatError: ``onnx_invalid`` when a node fails on these inputs,
+                ``unsupported_op`` for an output this interpreter does not compute, and
+                ``model_too_large`` (:class:`~adversarial.errors.ModelTooLargeError`) before
+                a node that would exceed a budget of :attr:`limits`.
+        """
         in_dtype = x.dtype
         if x.dtype != self._input_dtype:
             x = x.to(self._input_dtype)
@@ -110,23 +397,24 @@ class OnnxGraphModule(nn.Module):
             else:
                 env[name] = getattr(self, buffer_name)
         env[self._input_name] = x
-        ctx = OpContext(
-            opset=self._opset,
-            batch=int(x.shape[0]) if x.dim() > 0 else 1,
-            export_batch=self._export_batch,
-        )
-        for node in self._nodes:
+        batch = int(x.shape[0]) if x.dim() > 0 else 1
+        ctx = OpContext(opset=self._opset, batch=batch, export_batch=self._export_batch)
+        budget = _PassBudget(self._limits, batch)
+        for index, node in enumerate(self._nodes):
             spec = OPS[node.op_type]
             ins = [self._lookup(env, node, i, name, spec) for i, name in enumerate(node.inputs)]
             ins = move_to_common_device(ins, spec.host_inputs)
             ctx.node = node
             try:
+                cost = self._cost(index, node, ctx, ins)
+                if cost is not None:
+                    budget.before(node, cost)
                 result = spec.fn(ctx, ins)
             except ModelFormatError:
                 raise
             except torch.OutOfMemoryError:
                 raise
-            except (RuntimeError, ValueError, IndexError, TypeError) as exc:
+            except (RuntimeError, ValueError, IndexError, TypeError, ArithmeticError) as exc:
                 shapes = [tuple(t.shape) if t is not None else None for t in ins]
                 raise ModelFormatError(
                     "onnx_invalid",
@@ -134,6 +422,7 @@ class OnnxGraphModule(nn.Module):
                     f"shapes {shapes}: {exc}",
                 ) from exc
             outs = [result] if isinstance(result, Tensor) else list(result)
+            budget.after(node, outs)
             for name, value in zip(node.outputs, outs, strict=False):
                 if name and value is not None:
                     env[name] = value

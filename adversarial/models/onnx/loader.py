@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import onnx
 import onnx.checker
 import onnx.inliner
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from adversarial.errors import ModelFormatError
+from adversarial.models.onnx.budgets import check_inferred_sizes, check_stored_sizes
 from adversarial.models.onnx.checks import (
     check_domains,
     check_external_data,
@@ -16,6 +19,7 @@ from adversarial.models.onnx.checks import (
     default_opset,
 )
 from adversarial.models.onnx.executor import OnnxGraphModule
+from adversarial.models.onnx.limits import OnnxLimits
 from adversarial.models.onnx.ops import supported_ops
 from adversarial.models.onnx.ops.base import Node
 from adversarial.models.onnx.tensors import (
@@ -28,14 +32,28 @@ from adversarial.models.onnx.tensors import (
 )
 
 
-def load_onnx(data: bytes, *, max_bytes: int | None = None) -> nn.Module:
+def load_onnx(
+    data: bytes,
+    *,
+    max_bytes: int | None = None,
+    limits: OnnxLimits | None = None,
+    input_shape: Sequence[int] | None = None,
+) -> OnnxGraphModule:
     """Parse and check an ONNX classifier and return a differentiable torch module.
 
     ``forward(x)`` takes the single graph input as a float tensor ``[N, ...]`` and returns the
-    first graph output. Raises :class:`~adversarial.errors.ModelFormatError` with code
-    ``too_large``, ``onnx_invalid``, ``onnx_external_data``, ``onnx_ml_domain``,
-    ``onnx_unknown_domain`` or ``unsupported_op``.
+    first graph output. ``limits`` (default :class:`OnnxLimits`) bounds what the model may
+    cost; they are checked before any tensor is decoded, on shape inference with the input at
+    ``[limits.validation_batch, *input_shape]`` (the declared per-example shape, e.g. the
+    upload's ``[C, H, W]``; the graph's own declaration when None), and by the module before
+    every op it runs.
+
+    Raises:
+        ModelFormatError: ``too_large`` (the file), ``onnx_invalid``, ``onnx_external_data``,
+            ``onnx_ml_domain``, ``onnx_unknown_domain`` or ``unsupported_op``.
+        ModelTooLargeError: ``model_too_large``, naming the :class:`OnnxLimits` field.
     """
+    limits = OnnxLimits() if limits is None else limits
     if max_bytes is not None and len(data) > max_bytes:
         raise ModelFormatError(
             "too_large", f"ONNX file is {len(data)} bytes; the limit is {max_bytes} bytes"
@@ -48,6 +66,8 @@ def load_onnx(data: bytes, *, max_bytes: int | None = None) -> nn.Module:
         raise ModelFormatError("onnx_invalid", "not a valid ONNX model: it has no graph outputs")
 
     check_external_data(model)
+    # Before inlining, which could otherwise multiply nodes and constants without bound.
+    check_stored_sizes(model, limits)
     if len(model.functions) > 0:
         # The dynamo exporter wraps pieces in local functions of its own domains; inline them
         # so that only the ops they are made of are judged.
@@ -64,10 +84,29 @@ def load_onnx(data: bytes, *, max_bytes: int | None = None) -> nn.Module:
         onnx.checker.check_model(model)
     except Exception as exc:
         raise ModelFormatError("onnx_invalid", f"ONNX model fails the checker: {exc}") from exc
-    return build_module(model, opset)
+    graph_input = single_graph_input(model.graph)
+    check_inferred_sizes(model, limits, input_name=graph_input.name, input_shape=input_shape)
+    return build_module(model, opset, limits)
 
 
-def build_module(model: onnx.ModelProto, opset: int) -> OnnxGraphModule:
+_MAX_LRN_SIZE = 1024
+
+
+def single_graph_input(graph: onnx.GraphProto) -> onnx.ValueInfoProto:
+    """The one graph input that is not an initializer (``onnx_invalid`` unless exactly one)."""
+    stored = {t.name for t in graph.initializer} | {s.values.name for s in graph.sparse_initializer}
+    inputs = [i for i in graph.input if i.name not in stored]
+    if len(inputs) != 1:
+        raise ModelFormatError(
+            "onnx_invalid",
+            f"ONNX graph must have exactly one input besides its initializers, found "
+            f"{len(inputs)}: {[i.name for i in inputs]}",
+        )
+    graph_input: onnx.ValueInfoProto = inputs[0]
+    return graph_input
+
+
+def build_module(model: onnx.ModelProto, opset: int, limits: OnnxLimits) -> OnnxGraphModule:
     """Decode the constants of a checked model and build its :class:`OnnxGraphModule`."""
     graph = model.graph
     constants: dict[str, Tensor] = {}
@@ -76,14 +115,7 @@ def build_module(model: onnx.ModelProto, opset: int) -> OnnxGraphModule:
     for sparse in graph.sparse_initializer:
         constants[sparse.values.name] = sparse_to_dense(sparse)
 
-    inputs = [i for i in graph.input if i.name not in constants]
-    if len(inputs) != 1:
-        raise ModelFormatError(
-            "onnx_invalid",
-            f"ONNX graph must have exactly one input besides its initializers, found "
-            f"{len(inputs)}: {[i.name for i in inputs]}",
-        )
-    graph_input = inputs[0]
+    graph_input = single_graph_input(graph)
     tensor_type = graph_input.type.tensor_type
     input_dtype = torch_dtype(tensor_type.elem_type) if tensor_type.elem_type else torch.float32
     if not input_dtype.is_floating_point:
@@ -128,11 +160,13 @@ def build_module(model: onnx.ModelProto, opset: int) -> OnnxGraphModule:
     return OnnxGraphModule(
         nodes=nodes,
         constants=constants,
+        initializer_names=[init.name for init in graph.initializer],
         input_name=graph_input.name,
         input_dtype=input_dtype,
         output_name=output_name,
         opset=opset,
         export_batch=export_batch,
+        limits=limits,
     )
 
 
@@ -174,5 +208,8 @@ def validate_static_attrs(nodes: list[Node]) -> None:
                 refuse(node, "antialias=1 is not supported")
             if a.get("mode", "nearest") not in ("nearest", "linear", "cubic"):
                 refuse(node, f"mode={a['mode']!r} is not supported")
+        if node.op_type == "LRN" and not 1 <= int(a.get("size", 1)) <= _MAX_LRN_SIZE:
+            # The channel window is summed one shift at a time.
+            refuse(node, f"size={a['size']} is not supported (1..{_MAX_LRN_SIZE})")
         if node.op_type == "Cast" and a.get("to") is not None:
             torch_dtype(int(a["to"]))

@@ -12,7 +12,6 @@ from onnx import AttributeProto, TensorProto, helper, numpy_helper
 from torch import Tensor
 
 from adversarial.errors import ModelFormatError
-from adversarial.models.onnx.ops.base import check_size
 
 ONNX_TO_TORCH_DTYPE: dict[int, torch.dtype] = {
     TensorProto.FLOAT: torch.float32,
@@ -72,7 +71,6 @@ def sparse_to_dense(sparse: onnx.SparseTensorProto) -> Tensor:
     values = tensor_from_proto(sparse.values)
     indices = tensor_from_proto(sparse.indices).to(torch.int64)
     shape = [int(d) for d in sparse.dims]
-    check_size(math.prod(shape), "sparse tensor")
     dense = torch.zeros(math.prod(shape), dtype=values.dtype)
     if indices.dim() == 2:  # [NNZ, rank] coordinates -> linear positions
         strides = torch.tensor(

@@ -13,11 +13,9 @@ from typing import Any
 
 from torch import Tensor
 
-from adversarial.errors import ModelFormatError
-
-# Ops that build a tensor from shape *values* in the file (ConstantOfShape, Expand, Tile, ...)
-# could otherwise ask for terabytes; 2**28 elements is 1 GiB of float32.
-MAX_CREATED_ELEMENTS = 1 << 28
+# Shape-like inputs (shapes, axes, pads, repeats) read as Python values hold at most this many
+# values: real ranks are below 10 and pads twice that; Split sizes are the longest ones.
+MAX_VALUES_READ = 4096
 
 
 @dataclass(frozen=True)
@@ -86,9 +84,17 @@ def required(t: Tensor | None) -> Tensor:
 
 
 def ints(t: Tensor | None) -> list[int]:
-    """The values of an integer tensor as a flat list (empty for an omitted input)."""
+    """The values of an integer tensor as a flat list (empty for an omitted input).
+
+    Only shape-like inputs (shapes, axes, pads, repeats, sizes) are read this way; a longer
+    one than :data:`MAX_VALUES_READ` is refused instead of becoming a huge Python list.
+    """
     if t is None:
         return []
+    if t.numel() > MAX_VALUES_READ:
+        raise ValueError(
+            f"a shape-like input holds {t.numel()} values; at most {MAX_VALUES_READ} are read"
+        )
     return [int(v) for v in t.reshape(-1).tolist()]
 
 
@@ -104,15 +110,6 @@ def normalized_axis(axis: int, rank: int) -> int:
     if not -rank <= axis < max(rank, 1):
         raise ValueError(f"axis {axis} is out of range for rank {rank}")
     return axis + rank if axis < 0 else axis
-
-
-def check_size(numel: int, what: str) -> None:
-    """Refuse an op that would create more than :data:`MAX_CREATED_ELEMENTS` elements."""
-    if numel > MAX_CREATED_ELEMENTS:
-        raise ModelFormatError(
-            "too_large",
-            f"ONNX {what} would create {numel} elements (limit {MAX_CREATED_ELEMENTS})",
-        )
 
 
 def axes_from(ctx: OpContext, ins: list[Tensor | None], index: int) -> list[int] | None:

@@ -101,6 +101,9 @@ for _name, _fn2 in _BINARY.items():
     OPS[_name] = OpSpec(fn=_make_binary(_fn2))
 del _name, _fn2
 
+# The two-input ops above broadcast their inputs (the executor guards their output size).
+BINARY_OPS = tuple(_BINARY)
+
 
 def _constant_placeholder(ctx: OpContext, ins: list[Tensor | None]) -> Tensor:
     raise AssertionError("Constant nodes are turned into buffers when the module is built")

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from adversarial.models.onnx.costs import conv_transpose_geometry, window_params
 from adversarial.models.onnx.ops.base import (
     OpContext,
-    check_size,
     normalized_axis,
     op,
     required,
@@ -58,41 +57,6 @@ def _einsum(ctx: OpContext, ins: list[Tensor | None]) -> Tensor:
     return torch.einsum(equation, *[required(t) for t in ins])
 
 
-def _same_pads(
-    in_sizes: Sequence[int],
-    kernel: Sequence[int],
-    strides: Sequence[int],
-    dilations: Sequence[int],
-    mode: str,
-) -> list[int]:
-    begins: list[int] = []
-    ends: list[int] = []
-    for size, k, s, d in zip(in_sizes, kernel, strides, dilations, strict=True):
-        out = -(-size // s)
-        total = max(0, (out - 1) * s + (k - 1) * d + 1 - size)
-        small, large = total // 2, total - total // 2
-        begins.append(small if mode == "SAME_UPPER" else large)
-        ends.append(large if mode == "SAME_UPPER" else small)
-    return begins + ends
-
-
-def _spatial_params(
-    attrs: dict[str, Any], x: Tensor, kernel: Sequence[int]
-) -> tuple[list[int], list[int], list[int]]:
-    """Strides, dilations and ONNX-ordered pads [b1, b2, ..., e1, e2, ...] for a window op."""
-    n = len(kernel)
-    strides = [int(s) for s in attrs.get("strides", [1] * n)]
-    dilations = [int(d) for d in attrs.get("dilations", [1] * n)]
-    auto_pad = attrs.get("auto_pad", "NOTSET")
-    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-        pads = _same_pads(x.shape[2:], kernel, strides, dilations, auto_pad)
-    elif auto_pad == "VALID":
-        pads = [0] * (2 * n)
-    else:
-        pads = [int(p) for p in attrs.get("pads", [0] * (2 * n))]
-    return strides, dilations, pads
-
-
 def _symmetric(pads: Sequence[int]) -> list[int] | None:
     n = len(pads) // 2
     return list(pads[:n]) if list(pads[:n]) == list(pads[n:]) else None
@@ -112,7 +76,7 @@ def _conv(ctx: OpContext, ins: list[Tensor | None]) -> Tensor:
     if n not in _CONV:
         raise ValueError(f"{n}-D convolution is not supported")
     kernel = [int(k) for k in ctx.node.attrs.get("kernel_shape", w.shape[2:])]
-    strides, dilations, pads = _spatial_params(ctx.node.attrs, x, kernel)
+    strides, dilations, pads = window_params(ctx.node.attrs, x.shape[2:], kernel)
     padding = _symmetric(pads)
     if padding is None:
         x = F.pad(x, torch_pad_order(pads))
@@ -130,35 +94,12 @@ def _conv_transpose(ctx: OpContext, ins: list[Tensor | None]) -> Tensor:
         raise ValueError(f"{n}-D transposed convolution is not supported")
     attrs = ctx.node.attrs
     kernel = [int(k) for k in attrs.get("kernel_shape", w.shape[2:])]
-    strides = [int(s) for s in attrs.get("strides", [1] * n)]
-    dilations = [int(d) for d in attrs.get("dilations", [1] * n)]
-    output_padding = [int(p) for p in attrs.get("output_padding", [0] * n)]
     group = int(attrs.get("group", 1))
-    in_sizes = [int(s) for s in x.shape[2:]]
     # Full (unpadded) output, then the ONNX output_padding and pads are applied by padding
     # and cropping, which covers asymmetric pads and explicit output_shape alike.
-    full = [
-        s * (i - 1) + (k - 1) * d + 1 + op
-        for i, k, s, d, op in zip(in_sizes, kernel, strides, dilations, output_padding, strict=True)
-    ]
-    auto_pad = attrs.get("auto_pad", "NOTSET")
-    if "output_shape" in attrs or auto_pad in ("SAME_UPPER", "SAME_LOWER"):
-        if "output_shape" in attrs:
-            target = [int(v) for v in attrs["output_shape"]][-n:]
-        else:
-            target = [i * s for i, s in zip(in_sizes, strides, strict=True)]
-        check_size(x.shape[0] * w.shape[1] * group * math.prod(target), "ConvTranspose")
-        totals = [f - t for f, t in zip(full, target, strict=True)]
-        if auto_pad == "SAME_UPPER":
-            begins = [t // 2 for t in totals]
-        else:
-            begins = [t - t // 2 for t in totals]
-        ends = [t - bg for t, bg in zip(totals, begins, strict=True)]
-        pads = begins + ends
-    elif auto_pad == "VALID":
-        pads = [0] * (2 * n)
-    else:
-        pads = [int(p) for p in attrs.get("pads", [0] * (2 * n))]
+    geometry = conv_transpose_geometry(attrs, [int(s) for s in x.shape[2:]], kernel)
+    strides, dilations, pads = geometry.strides, geometry.dilations, geometry.pads
+    output_padding = geometry.output_padding
     y = _CONV_T[n](x, w, None, strides, 0, 0, group, dilations)
     # output_padding adds trailing positions no input reaches (they hold only the bias).
     y = F.pad(y, torch_pad_order([0] * n + output_padding))
@@ -170,7 +111,7 @@ def _conv_transpose(ctx: OpContext, ins: list[Tensor | None]) -> Tensor:
 
 def _pool_window(ctx: OpContext, x: Tensor) -> tuple[list[int], list[int], list[int], list[int]]:
     kernel = [int(k) for k in ctx.node.attrs["kernel_shape"]]
-    strides, dilations, pads = _spatial_params(ctx.node.attrs, x, kernel)
+    strides, dilations, pads = window_params(ctx.node.attrs, x.shape[2:], kernel)
     return kernel, strides, dilations, pads
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -10,7 +11,6 @@ from torch import Tensor
 
 from adversarial.models.onnx.ops.base import (
     OpContext,
-    check_size,
     ints,
     normalized_axis,
     op,
@@ -102,15 +102,15 @@ def _resize_axis(
     raise ValueError(f"Resize mode {mode!r} is not supported")
 
 
-@op("Resize", host=(1, 2, 3))
-def _resize(ctx: OpContext, ins: list[Tensor | None]) -> Tensor:
-    x = required(ins[0])
-    attrs = ctx.node.attrs
-    rank = x.dim()
+def resize_plan(
+    attrs: dict[str, Any], ins: list[Tensor | None], shape: Sequence[int]
+) -> tuple[list[int], list[int], list[float]]:
+    """Resize's axes, output sizes along them and scales, for an input of ``shape``."""
+    rank = len(shape)
     axes = [normalized_axis(int(a), rank) for a in attrs.get("axes", range(rank))]
     scales_in = ins[2] if len(ins) > 2 else None
     sizes_in = ins[3] if len(ins) > 3 else None
-    in_sizes = [int(x.shape[a]) for a in axes]
+    in_sizes = [int(shape[a]) for a in axes]
     if sizes_in is not None and sizes_in.numel() > 0:
         sizes = ints(sizes_in)
         policy = str(attrs.get("keep_aspect_ratio_policy", "stretch"))
@@ -126,10 +126,14 @@ def _resize(ctx: OpContext, ins: list[Tensor | None]) -> Tensor:
         sizes = [int(math.floor(i * s)) for i, s in zip(in_sizes, scales, strict=True)]
     else:
         raise ValueError("Resize needs scales or sizes")
-    grown = list(x.shape)
-    for axis, size in zip(axes, sizes, strict=True):
-        grown[axis] = size
-    check_size(math.prod(grown), "Resize")
+    return axes, sizes, scales
+
+
+@op("Resize", host=(1, 2, 3))
+def _resize(ctx: OpContext, ins: list[Tensor | None]) -> Tensor:
+    x = required(ins[0])
+    attrs = ctx.node.attrs
+    axes, sizes, scales = resize_plan(attrs, ins, x.shape)
     for axis, size, scale in zip(axes, sizes, scales, strict=True):
         if size != x.shape[axis] or scale != 1.0:
             x = _resize_axis(x, axis, size, scale, attrs)

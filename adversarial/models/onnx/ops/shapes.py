@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from adversarial.models.onnx.costs import broadcast_shapes
 from adversarial.models.onnx.ops.base import (
     OpContext,
     axes_from,
-    check_size,
     ints,
     normalized_axis,
     op,
@@ -52,7 +53,6 @@ def _cast_like(ctx: OpContext, ins: list[Tensor | None]) -> Tensor:
 @op("ConstantOfShape", host=(0,))
 def _constant_of_shape(ctx: OpContext, ins: list[Tensor | None]) -> Tensor:
     shape = ints(ins[0])
-    check_size(math.prod(shape), "ConstantOfShape")
     device = required(ins[0]).device
     value = ctx.node.attrs.get("value")
     if value is None:
@@ -168,6 +168,8 @@ def _slice(ctx: OpContext, ins: list[Tensor | None]) -> Tensor:
         starts, ends = ints(ins[1]), ints(ins[2])
         axes = ints(ins[3]) if len(ins) > 3 and ins[3] is not None else list(range(len(starts)))
         steps = ints(ins[4]) if len(ins) > 4 and ins[4] is not None else [1] * len(starts)
+    if len(starts) > x.dim():
+        raise ValueError(f"Slice has {len(starts)} starts for a rank-{x.dim()} input")
     for start, end, axis, step in zip(starts, ends, axes, steps, strict=True):
         axis = normalized_axis(axis, x.dim())
         dim = x.shape[axis]
@@ -212,31 +214,16 @@ def _gather_nd(ctx: OpContext, ins: list[Tensor | None]) -> Tensor:
     return data[tuple(indices[..., i] for i in range(depth))]
 
 
-def _broadcast_shape(a: list[int], b: list[int]) -> list[int]:
-    rank = max(len(a), len(b))
-    a = [1] * (rank - len(a)) + a
-    b = [1] * (rank - len(b)) + b
-    out = []
-    for x, y in zip(a, b, strict=True):
-        if x != y and 1 not in (x, y):
-            raise ValueError(f"shapes {a} and {b} do not broadcast")
-        out.append(y if x == 1 else x)
-    return out
-
-
 @op("Expand", host=(1,))
 def _expand(ctx: OpContext, ins: list[Tensor | None]) -> Tensor:
     x = required(ins[0])
-    shape = _broadcast_shape(list(x.shape), ints(ins[1]))
-    check_size(math.prod(shape), "Expand")
-    return x.expand(shape)
+    return x.expand(broadcast_shapes(x.shape, ints(ins[1])))
 
 
 @op("Tile", host=(1,))
 def _tile(ctx: OpContext, ins: list[Tensor | None]) -> Tensor:
     x = required(ins[0])
     repeats = ints(ins[1])
-    check_size(x.numel() * math.prod(repeats), "Tile")
     return x.repeat(repeats)
 
 
@@ -253,26 +240,28 @@ def _pad_index(dim: int, before: int, after: int, mode: str, device: torch.devic
     return torch.where(folded >= dim, period - folded, folded)
 
 
+def pad_widths(attrs: dict[str, Any], ins: list[Tensor | None], rank: int) -> list[int]:
+    """Pad's ONNX-ordered widths over every axis [b1..b_rank, e1..e_rank] (negative crops)."""
+    pads = [int(v) for v in attrs["pads"]] if "pads" in attrs else ints(ins[1])
+    axes = ints(ins[3]) if len(ins) > 3 and ins[3] is not None else list(range(rank))
+    axes = [normalized_axis(a, rank) for a in axes]
+    n = len(axes)
+    full = [0] * (2 * rank)
+    for i, axis in enumerate(axes):
+        full[axis], full[axis + rank] = pads[i], pads[i + n]
+    return full
+
+
 @op("Pad", host=(1, 2, 3))
 def _pad(ctx: OpContext, ins: list[Tensor | None]) -> Tensor:
     x = required(ins[0])
     attrs = ctx.node.attrs
     mode = str(attrs.get("mode", "constant"))
-    pads = [int(v) for v in attrs["pads"]] if "pads" in attrs else ints(ins[1])
     if "value" in attrs:
         value = float(attrs["value"])
     else:
         value = scalar(ins[2] if len(ins) > 2 else None, 0.0)
-    axes = ints(ins[3]) if len(ins) > 3 and ins[3] is not None else list(range(x.dim()))
-    axes = [normalized_axis(a, x.dim()) for a in axes]
-    n = len(axes)
-    full = [0] * (2 * x.dim())
-    for i, axis in enumerate(axes):
-        full[axis], full[axis + x.dim()] = pads[i], pads[i + n]
-    grown = list(x.shape)
-    for axis in range(x.dim()):
-        grown[axis] += full[axis] + full[axis + x.dim()]
-    check_size(math.prod(grown), "Pad")
+    full = pad_widths(attrs, ins, x.dim())
     if mode == "constant":
         return F.pad(x, torch_pad_order(full), value=value)
     # Negative pads crop; apply them first, then grow each axis by gathering source positions.
@@ -288,7 +277,6 @@ def _pad(ctx: OpContext, ins: list[Tensor | None]) -> Tensor:
 def _range(ctx: OpContext, ins: list[Tensor | None]) -> Tensor:
     start, limit, delta = required(ins[0]), required(ins[1]), required(ins[2])
     s, lim, d = start.item(), limit.item(), delta.item()
-    check_size(max(0, math.ceil((lim - s) / d)) if d else 0, "Range")
     return torch.arange(s, lim, d, dtype=start.dtype, device=start.device)
 
 
