@@ -36,6 +36,11 @@ from adversarial.models.zoo import build_architecture
 MODEL_FORMATS = ("safetensors", "pt", "onnx")
 STATE_DICT_FORMATS = ("safetensors", "pt")
 DEFAULT_MAX_BYTES = 512 * 2**20
+# Declared sizes beyond these are refused before anything is built: C*H*W of one example
+# (4,194,304 values: 16 MB of float32, e.g. 3x1182x1182) and the width of the logits (the API
+# accepts at most 100,000 classes too).
+MAX_INPUT_ELEMENTS = 2**22
+MAX_NUM_CLASSES = 100_000
 
 # Keys under which training scripts commonly nest the state_dict in a checkpoint.
 _STATE_DICT_WRAPPER_KEYS = ("state_dict", "model_state_dict")
@@ -49,6 +54,8 @@ class ModelSpec:
     """What an upload claims to be: its format and the input/output it declares.
 
     Lists are accepted where tuples are documented (JSON gives lists) and stored as tuples.
+    ``input_shape`` may hold at most :data:`MAX_INPUT_ELEMENTS` values and ``num_classes`` is
+    at most :data:`MAX_NUM_CLASSES`: larger declarations are refused before anything is built.
 
     Attributes:
         format: ``"safetensors"``, ``"pt"`` or ``"onnx"``.
@@ -79,15 +86,22 @@ class ModelSpec:
                 "bad_input_shape",
                 f"input_shape must be [C, H, W] with positive integers, got {self.input_shape!r}.",
             )
+        if math.prod(shape) > MAX_INPUT_ELEMENTS:
+            raise ModelFormatError(
+                "bad_input_shape",
+                f"input_shape {list(shape)} has {math.prod(shape):,} values per example; at "
+                f"most {MAX_INPUT_ELEMENTS:,} (C*H*W) are accepted.",
+            )
         object.__setattr__(self, "input_shape", shape)
         if (
             isinstance(self.num_classes, bool)
             or not isinstance(self.num_classes, int)
-            or self.num_classes < 2
+            or not 2 <= self.num_classes <= MAX_NUM_CLASSES
         ):
             raise ModelFormatError(
                 "bad_num_classes",
-                f"num_classes must be an integer of at least 2, got {self.num_classes!r}.",
+                f"num_classes must be an integer from 2 to {MAX_NUM_CLASSES:,}, got "
+                f"{self.num_classes!r}.",
             )
         try:
             low, high = (float(bound) for bound in self.input_range)
@@ -129,6 +143,7 @@ def load_model(
             ``state_dict_mismatch``, ``pickled_model_refused``, ``pickle_refused``,
             ``pt_invalid``, any code of :func:`check_torch_zip` and of
             :func:`adversarial.models.zoo.build_architecture`, and those of ``load_onnx``.
+        ModelTooLargeError: ``model_too_large``, from the zoo's or the ONNX loader's budgets.
     """
     if len(data) > max_bytes:
         raise ModelFormatError(
