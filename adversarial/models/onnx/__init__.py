@@ -23,8 +23,11 @@ Scope and conventions:
   Python values (Reshape targets, Slice bounds, Pad widths, Resize scales) read them without a
   device synchronisation; a host tensor is copied to the data's device when an op mixes the
   two.
+* Fine-tuning: :meth:`OnnxGraphModule.make_trainable` turns weight initializers into
+  parameters, :meth:`OnnxGraphModule.last_layer_initializers` names the final layer's, and
+  :func:`export_onnx_with_weights` writes their values back into the user's file.
 * The graph is always run in inference mode: BatchNormalization uses its running statistics and
-  Dropout is the identity whatever ``module.training`` says.
+  Dropout is the identity whatever ``module.training`` says, also while fine-tuning.
 * Fixed-batch exports: when the graph input's first dimension is a fixed number B (an export
   without a dynamic batch axis) and the module is called with another batch size N, a Reshape
   whose data is computed from the input, has N leading rows and whose target's first entry is
@@ -32,7 +35,6 @@ Scope and conventions:
   That is the ``x.view(x.size(0), -1)`` pattern the TorchScript exporter constant-folds to
   ``Reshape(x, [1, -1])``. Other ops that bake the export batch into constants (Expand/Tile to a
   fixed shape, ...) are not rewritten: such graphs only run at their export batch size.
-
 * Resource budgets (:class:`OnnxLimits`) are checked before any tensor exists (stored sizes,
   then ONNX shape inference at the validation batch) and again by the executor before every
   op that can grow a tensor; a graph beyond them is refused with ``model_too_large``.
@@ -51,6 +53,8 @@ Layout (the trust boundary first; the first four modules do not use torch):
 * :mod:`.executor`: :class:`OnnxGraphModule`, the ``nn.Module`` that replays the graph.
 * :mod:`.guards`: the executor's run-time guards (what an op will create and compute).
 * :mod:`.ops`: the op library, one registry of torch implementations by op name.
+* :mod:`.weights` and :mod:`.export`: fine-tuning support (which initializers are weights,
+  which form the last layer; :func:`export_onnx_with_weights` writes trained values back).
 """
 
 from __future__ import annotations
@@ -58,6 +62,7 @@ from __future__ import annotations
 from adversarial.errors import ModelTooLargeError
 from adversarial.models.onnx.checks import MAX_OPSET, MIN_OPSET
 from adversarial.models.onnx.executor import OnnxGraphModule
+from adversarial.models.onnx.export import export_onnx_with_weights
 from adversarial.models.onnx.limits import OnnxLimits
 from adversarial.models.onnx.loader import load_onnx
 from adversarial.models.onnx.ops import supported_ops
@@ -68,6 +73,7 @@ __all__ = [
     "ModelTooLargeError",
     "OnnxGraphModule",
     "OnnxLimits",
+    "export_onnx_with_weights",
     "load_onnx",
     "supported_ops",
 ]

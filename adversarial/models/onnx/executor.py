@@ -19,36 +19,11 @@ from adversarial.models.onnx.guards import GUARDS, VALUE_DEPENDENT, OpCost
 from adversarial.models.onnx.limits import OnnxLimits, refuse
 from adversarial.models.onnx.ops import OPS
 from adversarial.models.onnx.ops.base import Node, OpContext, OpSpec
+from adversarial.models.onnx.weights import GraphWeights
 
 # Constants up to this many elements get a host copy (shape vectors, axes, indices, scales).
 HOST_CONST_MAX_ELEMENTS = 4096
 
-# Input positions that hold learnable weights, per op (None: every input). An initializer is
-# trainable when it reaches one of these, directly or through _WEIGHT_PASSTHROUGH ops.
-_WEIGHT_SLOTS: dict[str, tuple[int, ...] | None] = {
-    "Conv": (1, 2),
-    "ConvTranspose": (1, 2),
-    "Gemm": (0, 1, 2),
-    "MatMul": (0, 1),
-    "Einsum": None,
-    "BatchNormalization": (1, 2),  # scale and bias; the running statistics are not weights
-    "InstanceNormalization": (1, 2),
-    "LayerNormalization": (1, 2),
-    "GroupNormalization": (1, 2),
-    "Add": (0, 1),
-    "Sub": (0, 1),
-    "Mul": (0, 1),
-    "Div": (0, 1),
-    "PRelu": (1,),
-    "Gather": (0,),  # embedding tables
-}
-# Ops an exporter may put between a stored weight and the layer that uses it.
-_WEIGHT_PASSTHROUGH = frozenset(
-    {"Identity", "Cast", "Transpose", "Reshape", "Squeeze", "Unsqueeze", "Flatten"}
-)
-# Layers whose weights "the last layer" means.
-_LAYER_OPS = frozenset({"Gemm", "MatMul", "Conv", "ConvTranspose", "Einsum"})
-_BIAS_OPS = frozenset({"Add"})
 # Cached guard costs are dropped beyond this many (a few batch sizes times the nodes).
 _COST_CACHE_ENTRIES = 65_536
 
@@ -176,7 +151,7 @@ class OnnxGraphModule(nn.Module):
         self._export_batch = export_batch
         self._limits = limits
         self._initializer_names = [name for name in initializer_names if name in constants]
-        self._producer = {output: node for node in nodes for output in node.outputs if output}
+        self._weights = GraphWeights(nodes, self._initializer_names)
         # Costs of shape-only guards by (node index, input shapes): a pass at a batch size
         # seen before pays a dict lookup per node instead of the shape arithmetic.
         self._cost_cache: dict[tuple[int, tuple[tuple[int, ...] | None, ...]], OpCost] = {}
@@ -216,9 +191,11 @@ class OnnxGraphModule(nn.Module):
     # --- initializers and fine-tuning --------------------------------------------------------
 
     def initializers(self) -> dict[str, Tensor]:
-        """The current value of each (dense or sparse) graph initializer, by ONNX name.
+        """The current value of each graph initializer, by ONNX name, in graph order.
 
-        The tensors are the module's own buffers or parameters (not copies), in graph order.
+        These are the dense ``graph.initializer`` entries (sparse initializers are constants
+        here: not listed, not trainable, never exported back). The tensors are the module's own
+        buffers or parameters, not copies.
         """
         return {name: getattr(self, self._buffer_of[name]) for name in self._initializer_names}
 
@@ -231,18 +208,12 @@ class OnnxGraphModule(nn.Module):
         Reshape, Squeeze, Unsqueeze or Flatten), and never read as Python values (shapes,
         scales, pads). BatchNormalization running statistics are not weights.
         """
-        initializers = self.initializers()
-        weights = {name for node in self._nodes for name in self._weight_sources(node)}
-        read_as_values = {
-            name
-            for node in self._nodes
-            for position, name in enumerate(node.inputs)
-            if position in OPS[node.op_type].host_inputs
-        }
+        host_inputs = {name: spec.host_inputs for name, spec in OPS.items()}
+        weights = self._weights.weights(host_inputs)
         return [
             name
-            for name, tensor in initializers.items()
-            if tensor.is_floating_point() and name in weights and name not in read_as_values
+            for name, tensor in self.initializers().items()
+            if tensor.is_floating_point() and name in weights
         ]
 
     def make_trainable(self, names: Iterable[str] | None = None) -> list[nn.Parameter]:
@@ -288,58 +259,20 @@ class OnnxGraphModule(nn.Module):
 
         That is the last Gemm, MatMul, Conv, ConvTranspose or Einsum (in topological order)
         that the output depends on and that has a trainable initializer, with the bias of an
-        ``Add`` that directly follows it. Typically a classifier's final Linear layer:
-        ``[weight, bias]``.
+        ``Add`` that directly consumes its output. Typically a classifier's final Linear
+        layer: ``[weight, bias]``.
 
         Raises:
             ModelFormatError: ``onnx_not_trainable`` when the graph has no such layer.
         """
-        trainable = set(self.trainable_initializers())
-        needed = self._ancestors_of_output()
-        for index in range(len(self._nodes) - 1, -1, -1):
-            node = self._nodes[index]
-            if node.op_type not in _LAYER_OPS or not set(node.outputs) & needed:
-                continue
-            names = [name for name in self._weight_sources(node) if name in trainable]
-            if not names:
-                continue
-            for later in self._nodes[index + 1 :]:
-                if later.op_type in _BIAS_OPS and set(later.inputs) & set(node.outputs):
-                    names += [n for n in self._weight_sources(later) if n in trainable]
-            return list(dict.fromkeys(names))
-        raise ModelFormatError(
-            "onnx_not_trainable",
-            "The ONNX graph has no Gemm, MatMul, Conv, ConvTranspose or Einsum layer with "
-            "trainable initializers before its output",
-        )
-
-    def _weight_sources(self, node: Node) -> list[str]:
-        """Initializers that reach ``node``'s weight slots (through pass-through ops)."""
-        if node.op_type not in _WEIGHT_SLOTS:
-            return []
-        slots = _WEIGHT_SLOTS[node.op_type]
-        producer = self._producer
-        initializers = set(self._initializer_names)
-        sources: list[str] = []
-        for position, name in enumerate(node.inputs):
-            if slots is not None and position not in slots:
-                continue
-            while name and name not in initializers and name in producer:
-                upstream = producer[name]
-                if upstream.op_type not in _WEIGHT_PASSTHROUGH or not upstream.inputs:
-                    break
-                name = upstream.inputs[0]
-            if name in initializers:
-                sources.append(name)
-        return sources
-
-    def _ancestors_of_output(self) -> set[str]:
-        """Names of every value the graph output depends on, the output included."""
-        needed = {self._output_name}
-        for node in reversed(self._nodes):
-            if set(node.outputs) & needed:
-                needed.update(name for name in node.inputs if name)
-        return needed
+        names = self._weights.last_layer(self._output_name, set(self.trainable_initializers()))
+        if not names:
+            raise ModelFormatError(
+                "onnx_not_trainable",
+                "The ONNX graph has no Gemm, MatMul, Conv, ConvTranspose or Einsum layer with "
+                "trainable initializers before its output",
+            )
+        return names
 
     # --- execution ---------------------------------------------------------------------------
 
