@@ -23,7 +23,7 @@ import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -31,7 +31,10 @@ from torch import nn
 from adversarial.errors import ModelFormatError
 from adversarial.models.archive import EXPORT_ADVICE, check_torch_zip
 from adversarial.models.wrapper import InputSpaceModel
-from adversarial.models.zoo import build_architecture
+from adversarial.models.zoo import ZooLimits, build_architecture
+
+if TYPE_CHECKING:  # the ONNX package is imported only when an ONNX file is loaded
+    from adversarial.models.onnx import OnnxLimits
 
 MODEL_FORMATS = ("safetensors", "pt", "onnx")
 STATE_DICT_FORMATS = ("safetensors", "pt")
@@ -127,9 +130,17 @@ class ModelSpec:
 
 
 def load_model(
-    data: bytes, spec: ModelSpec, *, max_bytes: int = DEFAULT_MAX_BYTES
+    data: bytes,
+    spec: ModelSpec,
+    *,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    onnx_limits: OnnxLimits | None = None,
+    zoo_limits: ZooLimits | None = None,
 ) -> InputSpaceModel:
     """Load an uploaded model as data and wrap it in its declared input space.
+
+    ``onnx_limits`` and ``zoo_limits`` are the resource budgets of an ONNX graph and of a
+    built-in architecture (their defaults when None).
 
     Returns the :class:`InputSpaceModel` in eval mode on the CPU. It has not run yet: call
     :func:`check_model` before trusting the declared shapes.
@@ -155,7 +166,7 @@ def load_model(
             f"Unknown model format {spec.format!r}; accepted: {', '.join(MODEL_FORMATS)}.",
         )
     if spec.format == "onnx":
-        network = _load_onnx(data, spec, max_bytes=max_bytes)
+        network = _load_onnx(data, spec, max_bytes=max_bytes, limits=onnx_limits)
     else:
         if spec.architecture is None:
             raise ModelFormatError(
@@ -168,7 +179,11 @@ def load_model(
         else:
             state_dict = _read_torch_state_dict(data, max_bytes=max_bytes)
         network = build_architecture(
-            spec.architecture, spec.architecture_kwargs, spec.input_shape, spec.num_classes
+            spec.architecture,
+            spec.architecture_kwargs,
+            spec.input_shape,
+            spec.num_classes,
+            limits=zoo_limits,
         )
         _load_state_dict(network, state_dict, spec.architecture)
     model = InputSpaceModel(
@@ -239,7 +254,9 @@ def check_model(
         )
 
 
-def _load_onnx(data: bytes, spec: ModelSpec, *, max_bytes: int) -> nn.Module:
+def _load_onnx(
+    data: bytes, spec: ModelSpec, *, max_bytes: int, limits: OnnxLimits | None
+) -> nn.Module:
     if spec.architecture is not None:
         raise ModelFormatError(
             "architecture_not_applicable",
@@ -248,7 +265,7 @@ def _load_onnx(data: bytes, spec: ModelSpec, *, max_bytes: int) -> nn.Module:
     # Imported here so the state_dict formats work without the ONNX converter.
     from adversarial.models.onnx import load_onnx
 
-    return load_onnx(data, max_bytes=max_bytes, input_shape=spec.input_shape)
+    return load_onnx(data, max_bytes=max_bytes, limits=limits, input_shape=spec.input_shape)
 
 
 def _read_safetensors(data: bytes) -> dict[str, torch.Tensor]:

@@ -391,3 +391,18 @@ def test_model_spec_caps_input_size_and_classes(changes: dict[str, Any], code: s
         ModelSpec(**{**fields, **changes})
     assert caught.value.code == code
     assert ModelSpec("onnx", (3, 1182, 1182), 100_000).num_classes == 100_000
+
+
+def test_load_model_passes_the_zoo_limits_on() -> None:
+    data = save_safetensors(build_architecture("mlp", {"hidden": [16]}, (1, 8, 8), 10).state_dict())
+    spec = ModelSpec(
+        format="safetensors",
+        input_shape=(1, 8, 8),
+        num_classes=10,
+        architecture="mlp",
+        architecture_kwargs={"hidden": [16]},
+    )
+    with pytest.raises(ModelTooLargeError) as caught:
+        load_model(data, spec, zoo_limits=ZooLimits(max_parameters=1000))
+    assert caught.value.limit == "max_parameters"
+    assert isinstance(load_model(data, spec), InputSpaceModel)

@@ -29,7 +29,13 @@ import onnx.shape_inference
 from onnx import AttributeProto, TensorProto, helper
 
 from adversarial.errors import ModelFormatError
-from adversarial.models.onnx.costs import einsum_cost, gemm_cost, matmul_cost, numel
+from adversarial.models.onnx.costs import (
+    READING_OPS,
+    einsum_cost,
+    gemm_cost,
+    matmul_cost,
+    numel,
+)
 from adversarial.models.onnx.limits import OnnxLimits, refuse
 
 # Bytes per element by ONNX data type; unknown types count as 8 (the widest common one).
@@ -415,6 +421,7 @@ def _shape_only_copy(
 
 _FLOP_OPS = frozenset(
     {"MatMul", "Gemm", "Einsum", "Conv", "ConvTranspose", "MaxPool", "AveragePool", "LRN"}
+    | READING_OPS
 )
 
 
@@ -446,6 +453,8 @@ def _node_flops(node: onnx.NodeProto, shapes: dict[str, _InferredShape]) -> int:
         if op in ("MaxPool", "AveragePool") and out is not None:
             kernel = attrs.get("kernel_shape", [])
             return numel(out) * numel(kernel if isinstance(kernel, list) else [])
+        if op in READING_OPS and inputs[0] is not None:
+            return numel(inputs[0])
         if op == "LRN" and inputs[0] is not None:
             size = attrs.get("size", 1)
             return 2 * numel(inputs[0]) * (size if isinstance(size, int) else 1)

@@ -13,6 +13,27 @@ from typing import Any
 
 Shape = tuple[int, ...]
 
+# Ops whose output is smaller than their input but whose work is the input's size.
+READING_OPS = frozenset(
+    {
+        "ReduceMean",
+        "ReduceSum",
+        "ReduceMax",
+        "ReduceMin",
+        "ReduceProd",
+        "ReduceL1",
+        "ReduceL2",
+        "ReduceSumSquare",
+        "ReduceLogSum",
+        "ReduceLogSumExp",
+        "ArgMax",
+        "ArgMin",
+        "GlobalAveragePool",
+        "GlobalMaxPool",
+        "TopK",
+    }
+)
+
 
 def numel(shape: Sequence[int]) -> int:
     """Elements of a tensor of ``shape`` (1 for a scalar)."""

@@ -90,10 +90,10 @@ class _PassBudget:
                 math.ceil(self.activations + created),
                 limits.max_activation_elements,
                 "elements",
-                f"{self._where(node, cost.shapes[-1])}: the activations of the pass so far",
+                f"{self._where(node, cost.batch_shape)}: the activations of the pass so far",
             )
         if cost.flops:
-            self.flops += self._counted(cost.shapes[-1], float(cost.flops))
+            self.flops += self._counted(cost.batch_shape, float(cost.flops))
             allowed = limits.max_flops_per_example * limits.validation_batch
             if self.flops > allowed:
                 raise refuse(
@@ -101,7 +101,7 @@ class _PassBudget:
                     math.ceil(self.flops / limits.validation_batch),
                     limits.max_flops_per_example,
                     "FLOPs per example",
-                    f"{self._where(node, cost.shapes[-1])}: the pass so far",
+                    f"{self._where(node, cost.batch_shape)}: the pass so far",
                 )
 
     def after(self, node: Node, outputs: Iterable[Tensor | None]) -> None:

@@ -9,8 +9,11 @@ Every supported op that can create a tensor larger than its largest input has a 
 broadcasting elementwise ops, MatMul/Gemm/Einsum, convolutions and pooling (whose pads and
 channel counts can grow a tensor), Concat, Expand, Tile, Pad, Resize, Range, ConstantOfShape,
 OneHot, Gather, GatherND, NonZero, LRN and LayerNormalization (whose scale broadcasts). The ops
-without one (unary elementwise ops, reductions, reshapes, slices, ...) produce at most as many
-elements as an input they were given, which was itself checked when it was made.
+without one (unary elementwise ops, reshapes, slices, ...) produce at most as many elements as
+an input they were given, which was itself checked when it was made, and their work is
+proportional to their output, which the activation budget counts. Reductions (and TopK, the
+arg-extremes and global pools) read a whole input to produce a small output: their guard
+counts the input's size as their FLOPs.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from adversarial.models.onnx.costs import (
+    READING_OPS,
     Shape,
     broadcast_shapes,
     conv_transpose_geometry,
@@ -41,10 +45,22 @@ from adversarial.models.onnx.ops.shapes import pad_widths
 
 @dataclass(frozen=True)
 class OpCost:
-    """What one op run creates (the shapes of its outputs and large temporaries) and its FLOPs."""
+    """What one op run creates (the shapes of its outputs and large temporaries) and its FLOPs.
+
+    ``work_shape`` is the tensor whose first axis says whether the FLOPs grow with the batch
+    (the last created shape when None).
+    """
 
     shapes: tuple[Shape, ...]
     flops: int = 0
+    work_shape: Shape | None = None
+
+    @property
+    def batch_shape(self) -> Shape:
+        """The shape the executor scales this cost by (its first axis may be the batch)."""
+        if self.work_shape is not None:
+            return self.work_shape
+        return self.shapes[-1] if self.shapes else ()
 
 
 Guard = Callable[[OpContext, list[Tensor | None]], OpCost]
@@ -158,6 +174,14 @@ def _lrn(ctx: OpContext, ins: list[Tensor | None]) -> OpCost:
     # The channel axis is padded by size - 1 and summed over size shifted windows.
     padded = (x[0], x[1] + max(size - 1, 0), *x[2:])
     return OpCost((padded, x), 2 * numel(x) * max(size, 1))
+
+
+@_guard(*READING_OPS)
+def _reading(ctx: OpContext, ins: list[Tensor | None]) -> OpCost:
+    # Small outputs of a large input: nothing is created, but the whole input is read, and
+    # thousands of such nodes on one large tensor would take hours.
+    x = _shape(ins[0])
+    return OpCost((), numel(x), work_shape=x)
 
 
 @_guard("Concat")

@@ -45,7 +45,10 @@ class OnnxLimits:
             batch. 2**29 is 2 GiB of float32.
         max_flops_per_example: floating-point operations of one forward pass per example,
             counting MatMul, Gemm, Einsum, Conv, ConvTranspose, pooling windows and LRN (a
-            multiply-add is 2). 2 * 10**10: twice a ResNet-50 at 224x224.
+            multiply-add is 2), and one per input element for ops that read a large input
+            into a small output (reductions, ArgMax/ArgMin, TopK, global pools). Other ops do
+            work in proportion to their outputs, which ``max_activation_elements`` bounds.
+            2 * 10**10: twice a ResNet-50 at 224x224.
     """
 
     max_nodes: int = 50_000

@@ -302,8 +302,35 @@ def test_flops_of_an_exported_cnn_are_counted_exactly() -> None:
     )
 
 
+def _hundred_reductions(width: int | str) -> bytes:
+    nodes = [N("ReduceSum", ["X"], [f"r{i}"], keepdims=1) for i in range(100)]
+    nodes += [N("Sum", [f"r{i}" for i in range(100)], ["s"]), N("Add", ["X", "s"], ["Y"])]
+    return _model(nodes, x_shape=("N", width))
+
+
+def test_reductions_count_the_input_they_read() -> None:
+    # A hundred reductions of one input: small outputs, but each reads all 1000 values.
+    data = _hundred_reductions(1000)
+    error = _refusal(data, max_flops_per_example=99_999)
+    assert (error.limit, error.value) == ("max_flops_per_example", 100_000)
+    module = load_onnx(data, limits=OnnxLimits(max_flops_per_example=100_000))
+    assert module(torch.zeros(4, 1000)).shape == (4, 1000)
+
+
+def test_unknown_dims_count_as_one_statically_and_exactly_at_run_time() -> None:
+    # The width is symbolic: inference sees 100 reductions of [4, ?] and counts ? as 1.
+    module = load_onnx(_hundred_reductions("K"), limits=OnnxLimits(max_flops_per_example=99_999))
+    module(torch.zeros(4, 999))
+    with pytest.raises(ModelTooLargeError) as info:
+        module(torch.zeros(4, 1000))
+    assert info.value.limit == "max_flops_per_example"
+    assert "ReduceSum" in info.value.message
+
+
 def test_exported_cnn_still_loads_and_matches_under_default_limits() -> None:
     spec = ModelSpec("onnx", (1, 8, 8), 10)
+    with pytest.raises(ModelTooLargeError):  # the limits given are the ones used
+        load_model(digits_onnx(), spec, onnx_limits=OnnxLimits(max_flops_per_example=1000))
     model = load_model(digits_onnx(), spec)
     x = torch.rand(16, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
