@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -24,8 +25,8 @@ from adversarial.models.onnx.weights import GraphWeights
 # Constants up to this many elements get a host copy (shape vectors, axes, indices, scales).
 HOST_CONST_MAX_ELEMENTS = 4096
 
-# Cached guard costs are dropped beyond this many (a few batch sizes times the nodes).
-_COST_CACHE_ENTRIES = 65_536
+# Cached guard charges are dropped beyond this many (a few batch sizes times the nodes).
+_CHARGE_CACHE_ENTRIES = 65_536
 
 
 def move_to_common_device(ins: list[Tensor | None], host: frozenset[int]) -> list[Tensor | None]:
@@ -41,6 +42,17 @@ def move_to_common_device(ins: list[Tensor | None], host: frozenset[int]) -> lis
         t.to(device) if t is not None and i not in host and t.device != device else t
         for i, t in enumerate(ins)
     ]
+
+
+@dataclass(frozen=True)
+class _Charge:
+    """An op's cost as the budget counts it at one batch size (see :class:`_PassBudget`)."""
+
+    cost: OpCost
+    largest: float  # the largest tensor it creates, counted
+    largest_shape: tuple[int, ...]
+    created: float  # all tensors it creates, counted
+    flops: float  # counted
 
 
 class _PassBudget:
@@ -69,31 +81,40 @@ class _PassBudget:
             where += f", scaled to the validation batch {self.limits.validation_batch},"
         return where
 
-    def before(self, node: Node, cost: OpCost) -> None:
-        """Refuse the op if what it is about to create or compute exceeds a budget."""
-        limits = self.limits
-        created = 0.0
+    def charge(self, cost: OpCost) -> _Charge:
+        """``cost`` as counted at this pass's batch size (depends on nothing else)."""
+        largest, created = 0.0, 0.0
+        largest_shape: tuple[int, ...] = ()
         for shape in cost.shapes:
             counted = self._counted(shape, float(numel(shape)))
-            if counted > limits.max_tensor_elements:
-                raise refuse(
-                    "max_tensor_elements",
-                    math.ceil(counted),
-                    limits.max_tensor_elements,
-                    "elements",
-                    f"{self._where(node, shape)}: a tensor of shape {list(shape)}",
-                )
+            if counted >= largest:
+                largest, largest_shape = counted, shape
             created += counted
-        if self.activations + created > limits.max_activation_elements:
+        flops = self._counted(cost.batch_shape, float(cost.flops)) if cost.flops else 0.0
+        return _Charge(cost, largest, largest_shape, created, flops)
+
+    def before(self, node: Node, charge: _Charge) -> None:
+        """Refuse the op if what it is about to create or compute exceeds a budget."""
+        limits = self.limits
+        if charge.largest > limits.max_tensor_elements:
+            shape = charge.largest_shape
+            raise refuse(
+                "max_tensor_elements",
+                math.ceil(charge.largest),
+                limits.max_tensor_elements,
+                "elements",
+                f"{self._where(node, shape)}: a tensor of shape {list(shape)}",
+            )
+        if self.activations + charge.created > limits.max_activation_elements:
             raise refuse(
                 "max_activation_elements",
-                math.ceil(self.activations + created),
+                math.ceil(self.activations + charge.created),
                 limits.max_activation_elements,
                 "elements",
-                f"{self._where(node, cost.batch_shape)}: the activations of the pass so far",
+                f"{self._where(node, charge.cost.batch_shape)}: the activations of the pass so far",
             )
-        if cost.flops:
-            self.flops += self._counted(cost.batch_shape, float(cost.flops))
+        if charge.flops:
+            self.flops += charge.flops
             allowed = limits.max_flops_per_example * limits.validation_batch
             if self.flops > allowed:
                 raise refuse(
@@ -101,14 +122,18 @@ class _PassBudget:
                     math.ceil(self.flops / limits.validation_batch),
                     limits.max_flops_per_example,
                     "FLOPs per example",
-                    f"{self._where(node, cost.batch_shape)}: the pass so far",
+                    f"{self._where(node, charge.cost.batch_shape)}: the pass so far",
                 )
 
     def after(self, node: Node, outputs: Iterable[Tensor | None]) -> None:
         """Add the op's outputs to the pass's activations (they stay alive until it ends)."""
+        scaled = self.scale < 1.0
         for value in outputs:
             if value is not None:
-                self.activations += self._counted(value.shape, float(value.numel()))
+                elements = float(value.numel())
+                if scaled and value.dim() > 0 and value.shape[0] == self.batch:
+                    elements *= self.scale
+                self.activations += elements
         if self.activations > self.limits.max_activation_elements:
             raise refuse(
                 "max_activation_elements",
@@ -152,9 +177,9 @@ class OnnxGraphModule(nn.Module):
         self._limits = limits
         self._initializer_names = [name for name in initializer_names if name in constants]
         self._weights = GraphWeights(nodes, self._initializer_names)
-        # Costs of shape-only guards by (node index, input shapes): a pass at a batch size
-        # seen before pays a dict lookup per node instead of the shape arithmetic.
-        self._cost_cache: dict[tuple[int, tuple[tuple[int, ...] | None, ...]], OpCost] = {}
+        # Charges of shape-only guards by (node index, batch, input shapes): a pass at a batch
+        # size seen before pays a dict lookup per node instead of the shape arithmetic.
+        self._charge_cache: dict[tuple[int, int, tuple[tuple[int, ...] | None, ...]], _Charge] = {}
         self._buffer_of: dict[str, str] = {}
         # Host (CPU) copies of small constants: integer ones feed shape arithmetic by default;
         # any of them is what an op reads as Python values (Resize scales, Pad value), so no
@@ -294,22 +319,22 @@ class OnnxGraphModule(nn.Module):
             )
         return value
 
-    def _cost(
-        self, index: int, node: Node, ctx: OpContext, ins: list[Tensor | None]
-    ) -> OpCost | None:
+    def _charge(
+        self, index: int, node: Node, ctx: OpContext, ins: list[Tensor | None], budget: _PassBudget
+    ) -> _Charge | None:
         """What the node is about to create and compute (None for ops that cannot grow)."""
         guard = GUARDS.get(node.op_type)
         if guard is None:
             return None
         if node.op_type in VALUE_DEPENDENT:
-            return guard(ctx, ins)
-        key = (index, tuple(None if t is None else tuple(t.shape) for t in ins))
-        cost = self._cost_cache.get(key)
-        if cost is None:
-            if len(self._cost_cache) > _COST_CACHE_ENTRIES:
-                self._cost_cache.clear()
-            cost = self._cost_cache[key] = guard(ctx, ins)
-        return cost
+            return budget.charge(guard(ctx, ins))
+        key = (index, ctx.batch, tuple(None if t is None else tuple(t.shape) for t in ins))
+        charge = self._charge_cache.get(key)
+        if charge is None:
+            if len(self._charge_cache) > _CHARGE_CACHE_ENTRIES:
+                self._charge_cache.clear()
+            charge = self._charge_cache[key] = budget.charge(guard(ctx, ins))
+        return charge
 
     def forward(self, x: Tensor) -> Tensor:
         """Run the graph on ``x`` (``[N, ...]``) and return its first output.
@@ -339,9 +364,9 @@ class OnnxGraphModule(nn.Module):
             ins = move_to_common_device(ins, spec.host_inputs)
             ctx.node = node
             try:
-                cost = self._cost(index, node, ctx, ins)
-                if cost is not None:
-                    budget.before(node, cost)
+                charge = self._charge(index, node, ctx, ins, budget)
+                if charge is not None:
+                    budget.before(node, charge)
                 result = spec.fn(ctx, ins)
             except ModelFormatError:
                 raise
