@@ -280,7 +280,8 @@ def check_inferred_sizes(
                     limits.max_tensor_elements,
                     "elements",
                     f"{where}: its output {name!r} of inferred shape "
-                    f"{[d if d else '?' for d in shape]} at batch {limits.validation_batch}",
+                    f"{[d if d else '?' for d in shape]}"
+                    + (f" (counted at batch {limits.validation_batch})" if factor != 1.0 else ""),
                 )
             largest = max(largest, elements)
             activations += elements
