@@ -228,7 +228,7 @@ class OnnxGraphModule(nn.Module):
         """Initializers :meth:`make_trainable` accepts, in graph order.
 
         Those that are floating point, consumed as weights (a Conv/ConvTranspose weight or
-        bias, a Gemm/MatMul/Einsum operand, a normalisation scale or bias, an Add/Sub/Mul/Div
+        bias, a Gemm/MatMul/Einsum operand, a normalisation scale or bias, an Add or Mul
         operand, a PRelu slope, a Gather table; directly or through Identity, Cast, Transpose,
         Reshape, Squeeze, Unsqueeze or Flatten), and never read as Python values (shapes,
         scales, pads). BatchNormalization running statistics are not weights.

@@ -23,10 +23,10 @@ WEIGHT_SLOTS: dict[str, tuple[int, ...] | None] = {
     "InstanceNormalization": (1, 2),
     "LayerNormalization": (1, 2),
     "GroupNormalization": (1, 2),
+    # Biases and scales. Not Sub or Div: exports use them for input normalisation
+    # ((x - mean) / std), whose constants are not weights to train.
     "Add": (0, 1),
-    "Sub": (0, 1),
     "Mul": (0, 1),
-    "Div": (0, 1),
     "PRelu": (1,),
     "Gather": (0,),  # embedding tables
 }
