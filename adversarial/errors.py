@@ -23,3 +23,18 @@ class DatasetError(EngineInputError):
 class EngineCheckError(RuntimeError):
     """The engine caught itself producing something it must not report (an adversarial
     example outside its ball, a non-finite input): a bug, never a number."""
+
+
+class ModelTooLargeError(ModelFormatError):
+    """A model that would exceed a resource budget (memory, compute, size) if it were run.
+
+    The code is always ``model_too_large``; ``limit`` names the budget (a field of the limits
+    dataclass that was exceeded, e.g. ``max_tensor_elements``), ``value`` is what the model
+    needs and ``maximum`` what the budget allows, in the budget's unit.
+    """
+
+    def __init__(self, message: str, *, limit: str, value: int, maximum: int) -> None:
+        super().__init__("model_too_large", message)
+        self.limit = limit
+        self.value = value
+        self.maximum = maximum

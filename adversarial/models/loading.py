@@ -6,7 +6,7 @@ Accepted formats (DESIGN.md, "Model formats"):
 - ``pt``: a ``torch.save`` zip of a state_dict; the zip is checked first
   (:func:`adversarial.models.archive.check_torch_zip`), then read with
   ``torch.load(..., weights_only=True)``, which refuses pickled code and whole modules.
-- ``onnx``: any graph, converted by :mod:`adversarial.models.onnx_graph`.
+- ``onnx``: any graph, converted by :mod:`adversarial.models.onnx`.
 
 TorchScript, ``torch.export`` ``.pt2`` and pickled whole models are refused with a message
 that says how to export a state_dict or ONNX instead. Nothing here ever unpickles without
@@ -23,7 +23,7 @@ import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -31,11 +31,19 @@ from torch import nn
 from adversarial.errors import ModelFormatError
 from adversarial.models.archive import EXPORT_ADVICE, check_torch_zip
 from adversarial.models.wrapper import InputSpaceModel
-from adversarial.models.zoo import build_architecture
+from adversarial.models.zoo import ZooLimits, build_architecture
+
+if TYPE_CHECKING:  # the ONNX package is imported only when an ONNX file is loaded
+    from adversarial.models.onnx import OnnxLimits
 
 MODEL_FORMATS = ("safetensors", "pt", "onnx")
 STATE_DICT_FORMATS = ("safetensors", "pt")
 DEFAULT_MAX_BYTES = 512 * 2**20
+# Declared sizes beyond these are refused before anything is built: C*H*W of one example
+# (4,194,304 values: 16 MB of float32, e.g. 3x1182x1182) and the width of the logits (the API
+# accepts at most 100,000 classes too).
+MAX_INPUT_ELEMENTS = 2**22
+MAX_NUM_CLASSES = 100_000
 
 # Keys under which training scripts commonly nest the state_dict in a checkpoint.
 _STATE_DICT_WRAPPER_KEYS = ("state_dict", "model_state_dict")
@@ -49,6 +57,8 @@ class ModelSpec:
     """What an upload claims to be: its format and the input/output it declares.
 
     Lists are accepted where tuples are documented (JSON gives lists) and stored as tuples.
+    ``input_shape`` may hold at most :data:`MAX_INPUT_ELEMENTS` values and ``num_classes`` is
+    at most :data:`MAX_NUM_CLASSES`: larger declarations are refused before anything is built.
 
     Attributes:
         format: ``"safetensors"``, ``"pt"`` or ``"onnx"``.
@@ -79,15 +89,22 @@ class ModelSpec:
                 "bad_input_shape",
                 f"input_shape must be [C, H, W] with positive integers, got {self.input_shape!r}.",
             )
+        if math.prod(shape) > MAX_INPUT_ELEMENTS:
+            raise ModelFormatError(
+                "bad_input_shape",
+                f"input_shape {list(shape)} has {math.prod(shape):,} values per example; at "
+                f"most {MAX_INPUT_ELEMENTS:,} (C*H*W) are accepted.",
+            )
         object.__setattr__(self, "input_shape", shape)
         if (
             isinstance(self.num_classes, bool)
             or not isinstance(self.num_classes, int)
-            or self.num_classes < 2
+            or not 2 <= self.num_classes <= MAX_NUM_CLASSES
         ):
             raise ModelFormatError(
                 "bad_num_classes",
-                f"num_classes must be an integer of at least 2, got {self.num_classes!r}.",
+                f"num_classes must be an integer from 2 to {MAX_NUM_CLASSES:,}, got "
+                f"{self.num_classes!r}.",
             )
         try:
             low, high = (float(bound) for bound in self.input_range)
@@ -113,9 +130,17 @@ class ModelSpec:
 
 
 def load_model(
-    data: bytes, spec: ModelSpec, *, max_bytes: int = DEFAULT_MAX_BYTES
+    data: bytes,
+    spec: ModelSpec,
+    *,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    onnx_limits: OnnxLimits | None = None,
+    zoo_limits: ZooLimits | None = None,
 ) -> InputSpaceModel:
     """Load an uploaded model as data and wrap it in its declared input space.
+
+    ``onnx_limits`` and ``zoo_limits`` are the resource budgets of an ONNX graph and of a
+    built-in architecture (their defaults when None).
 
     Returns the :class:`InputSpaceModel` in eval mode on the CPU. It has not run yet: call
     :func:`check_model` before trusting the declared shapes.
@@ -129,6 +154,7 @@ def load_model(
             ``state_dict_mismatch``, ``pickled_model_refused``, ``pickle_refused``,
             ``pt_invalid``, any code of :func:`check_torch_zip` and of
             :func:`adversarial.models.zoo.build_architecture`, and those of ``load_onnx``.
+        ModelTooLargeError: ``model_too_large``, from the zoo's or the ONNX loader's budgets.
     """
     if len(data) > max_bytes:
         raise ModelFormatError(
@@ -140,7 +166,7 @@ def load_model(
             f"Unknown model format {spec.format!r}; accepted: {', '.join(MODEL_FORMATS)}.",
         )
     if spec.format == "onnx":
-        network = _load_onnx(data, spec, max_bytes=max_bytes)
+        network = _load_onnx(data, spec, max_bytes=max_bytes, limits=onnx_limits)
     else:
         if spec.architecture is None:
             raise ModelFormatError(
@@ -153,7 +179,11 @@ def load_model(
         else:
             state_dict = _read_torch_state_dict(data, max_bytes=max_bytes)
         network = build_architecture(
-            spec.architecture, spec.architecture_kwargs, spec.input_shape, spec.num_classes
+            spec.architecture,
+            spec.architecture_kwargs,
+            spec.input_shape,
+            spec.num_classes,
+            limits=zoo_limits,
         )
         _load_state_dict(network, state_dict, spec.architecture)
     model = InputSpaceModel(
@@ -224,16 +254,18 @@ def check_model(
         )
 
 
-def _load_onnx(data: bytes, spec: ModelSpec, *, max_bytes: int) -> nn.Module:
+def _load_onnx(
+    data: bytes, spec: ModelSpec, *, max_bytes: int, limits: OnnxLimits | None
+) -> nn.Module:
     if spec.architecture is not None:
         raise ModelFormatError(
             "architecture_not_applicable",
             "An ONNX file carries its own graph; leave out the architecture.",
         )
     # Imported here so the state_dict formats work without the ONNX converter.
-    from adversarial.models.onnx_graph import load_onnx
+    from adversarial.models.onnx import load_onnx
 
-    return load_onnx(data, max_bytes=max_bytes)
+    return load_onnx(data, max_bytes=max_bytes, limits=limits, input_shape=spec.input_shape)
 
 
 def _read_safetensors(data: bytes) -> dict[str, torch.Tensor]:

@@ -3,11 +3,16 @@
 A state_dict is data only; the code that gives it meaning comes from here, so users pick an
 architecture by name and its keyword arguments. Module attribute names are part of the
 contract: they are the state_dict keys users save, and must not change.
+
+Kwargs are user input: before a network is built its parameter count and activation size are
+computed from them analytically and checked against :class:`ZooLimits`, so that
+``{"hidden": [35000, 35000]}`` is refused in microseconds instead of allocating 4.8 GB.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -17,9 +22,40 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-from adversarial.errors import ModelFormatError
+from adversarial.errors import ModelFormatError, ModelTooLargeError
 
 InputShape = tuple[int, int, int]
+
+
+@dataclass(frozen=True)
+class ZooLimits:
+    """How large a built-in architecture may be built; both fields are positive integers.
+
+    Attributes:
+        max_parameters: learnable parameters. 50 million is 200 MB of float32, more than any
+            upload the default 256 MB cap lets through, four times PreAct ResNet-18.
+        max_activation_elements_per_example: the outputs of every layer (convolutions,
+            linear layers, activations, pooling, normalisation, residual sums) for one
+            example: what a training step keeps for its backward pass. 8 million is 32 MB of
+            float32: a small_cnn on 3x224x224 inputs needs 5.4M, PreAct ResNet-18 on CIFAR 2.0M.
+    """
+
+    max_parameters: int = 50_000_000
+    max_activation_elements_per_example: int = 8_000_000
+
+    def __post_init__(self) -> None:
+        for name in ("max_parameters", "max_activation_elements_per_example"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"ZooLimits.{name} must be a positive int, not {value!r}")
+
+
+@dataclass(frozen=True)
+class ArchitectureCost:
+    """The size of a network, computed from its kwargs without building it."""
+
+    parameters: int
+    activation_elements_per_example: int
 
 
 @dataclass(frozen=True)
@@ -35,6 +71,9 @@ class Architecture:
             only; ``build`` copies what it uses).
         factory: ``factory(input_shape, num_classes, **kwargs)`` with all kwargs given,
             already checked by name; it checks their values.
+        cost: ``cost(input_shape, num_classes, **kwargs)`` with the same arguments: the
+            network's :class:`ArchitectureCost`, computed without building it (it checks the
+            kwargs' values too).
     """
 
     name: str
@@ -42,14 +81,42 @@ class Architecture:
     input_shapes: tuple[InputShape, ...] | None
     kwargs: Mapping[str, Any]
     factory: Callable[..., nn.Module]
+    cost: Callable[..., ArchitectureCost]
 
-    def build(self, input_shape: Sequence[int], num_classes: int, **kwargs: Any) -> nn.Module:
+    def build(
+        self,
+        input_shape: Sequence[int],
+        num_classes: int,
+        *,
+        limits: ZooLimits | None = None,
+        **kwargs: Any,
+    ) -> nn.Module:
         """Build a freshly initialised network for ``input_shape`` and ``num_classes``.
+
+        Its size is checked against ``limits`` (default :class:`ZooLimits`) first.
 
         Raises:
             ModelFormatError: ``bad_architecture_kwargs`` for unknown or ill-typed kwargs,
                 ``input_shape_mismatch`` for an unsupported input shape, ``bad_num_classes``.
+            ModelTooLargeError: ``model_too_large`` when the parameters or the activations
+                would exceed ``limits`` (the message names the kwargs that set the size).
         """
+        shape, all_kwargs = self._checked(input_shape, num_classes, kwargs)
+        self._check_size(shape, num_classes, all_kwargs, ZooLimits() if limits is None else limits)
+        return self.factory(shape, num_classes, **all_kwargs)
+
+    def size(self, input_shape: Sequence[int], num_classes: int, **kwargs: Any) -> ArchitectureCost:
+        """The :class:`ArchitectureCost` of the network :meth:`build` would make, not building it.
+
+        Raises:
+            ModelFormatError: as :meth:`build`, for arguments it would refuse.
+        """
+        shape, all_kwargs = self._checked(input_shape, num_classes, kwargs)
+        return self.cost(shape, num_classes, **all_kwargs)
+
+    def _checked(
+        self, input_shape: Sequence[int], num_classes: int, kwargs: Mapping[str, Any]
+    ) -> tuple[InputShape, dict[str, Any]]:
         shape = _checked_shape(input_shape)
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
             raise ModelFormatError(
@@ -69,7 +136,41 @@ class Architecture:
                 "input_shape_mismatch",
                 f"Architecture {self.name!r} supports input shapes {supported}, not {list(shape)}.",
             )
-        return self.factory(shape, num_classes, **{**self.kwargs, **kwargs})
+        return shape, {**self.kwargs, **kwargs}
+
+    def _check_size(
+        self,
+        shape: InputShape,
+        num_classes: int,
+        kwargs: dict[str, Any],
+        limits: ZooLimits,
+    ) -> None:
+        cost = self.cost(shape, num_classes, **kwargs)
+        settings = ", ".join(f"{key}={value!r}" for key, value in kwargs.items())
+        what = (
+            f"Architecture {self.name!r}"
+            + (f" with {settings}" if settings else "")
+            + f" for input {list(shape)} and {num_classes} classes"
+        )
+        checks = (
+            ("max_parameters", cost.parameters, "parameters"),
+            (
+                "max_activation_elements_per_example",
+                cost.activation_elements_per_example,
+                "activation elements per example",
+            ),
+        )
+        for limit, value, unit in checks:
+            maximum = getattr(limits, limit)
+            if value > maximum:
+                fields = ", ".join(kwargs) or "num_classes"
+                raise ModelTooLargeError(
+                    f"{what} would have {value:,} {unit}; the limit is {maximum:,} "
+                    f"(ZooLimits.{limit}). Make {fields} smaller.",
+                    limit=limit,
+                    value=value,
+                    maximum=maximum,
+                )
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready listing entry: name, description, input_shapes, kwargs defaults."""
@@ -84,13 +185,22 @@ class Architecture:
 
 
 def build_architecture(
-    name: str, kwargs: Mapping[str, Any], input_shape: Sequence[int], num_classes: int
+    name: str,
+    kwargs: Mapping[str, Any],
+    input_shape: Sequence[int],
+    num_classes: int,
+    *,
+    limits: ZooLimits | None = None,
 ) -> nn.Module:
     """Build the built-in architecture ``name`` with ``kwargs`` (defaults fill the rest).
+
+    The network's size is checked against ``limits`` (default :class:`ZooLimits`) before it
+    is built.
 
     Raises:
         ModelFormatError: ``unknown_architecture`` (the message lists the known ones),
             ``bad_architecture_kwargs``, ``input_shape_mismatch`` or ``bad_num_classes``.
+        ModelTooLargeError: ``model_too_large`` (see :meth:`Architecture.build`).
     """
     architecture = ARCHITECTURES.get(name)
     if architecture is None:
@@ -102,7 +212,7 @@ def build_architecture(
         raise ModelFormatError(
             "bad_architecture_kwargs", "Architecture kwargs must be an object with string keys."
         )
-    return architecture.build(input_shape, num_classes, **kwargs)
+    return architecture.build(input_shape, num_classes, limits=limits, **kwargs)
 
 
 # --- mlp ---------------------------------------------------------------------------------
@@ -133,6 +243,14 @@ class MLP(nn.Module):
 
 def _build_mlp(input_shape: InputShape, num_classes: int, *, hidden: Any) -> nn.Module:
     return MLP(input_shape, num_classes, _positive_ints("mlp", "hidden", hidden, allow_empty=True))
+
+
+def _mlp_cost(input_shape: InputShape, num_classes: int, *, hidden: Any) -> ArchitectureCost:
+    widths = [math.prod(input_shape), *_positive_ints("mlp", "hidden", hidden, allow_empty=True)]
+    widths.append(num_classes)
+    parameters = sum(a * b + b for a, b in zip(widths[:-1], widths[1:], strict=True))
+    # Each hidden Linear and its ReLU, then the logits.
+    return ArchitectureCost(parameters, 2 * sum(widths[1:-1]) + num_classes)
 
 
 # --- small_cnn ---------------------------------------------------------------------------
@@ -186,6 +304,23 @@ def _build_small_cnn(input_shape: InputShape, num_classes: int, *, channels: Any
     return SmallCNN(input_shape, num_classes, channels)
 
 
+def _small_cnn_cost(
+    input_shape: InputShape, num_classes: int, *, channels: Any
+) -> ArchitectureCost:
+    in_channels, height, width = input_shape
+    parameters = activations = 0
+    for out_channels in _positive_ints("small_cnn", "channels", channels, allow_empty=False):
+        parameters += in_channels * out_channels * 9 + out_channels
+        # conv and ReLU at full size, then the pooled map.
+        activations += 2 * out_channels * height * width
+        in_channels, height, width = out_channels, height // 2, width // 2
+        activations += in_channels * height * width
+    features = in_channels * height * width
+    parameters += features * _SMALL_CNN_HIDDEN + _SMALL_CNN_HIDDEN
+    parameters += _SMALL_CNN_HIDDEN * num_classes + num_classes
+    return ArchitectureCost(parameters, activations + 2 * _SMALL_CNN_HIDDEN + num_classes)
+
+
 # --- lenet5 ------------------------------------------------------------------------------
 
 
@@ -217,6 +352,15 @@ class LeNet5(nn.Module):
 
 def _build_lenet5(input_shape: InputShape, num_classes: int) -> nn.Module:
     return LeNet5(input_shape, num_classes)
+
+
+def _lenet5_cost(input_shape: InputShape, num_classes: int) -> ArchitectureCost:
+    # Both supported sizes reach a 6@28x28 first map (28x28 with padding 2, 32x32 without).
+    parameters = input_shape[0] * 6 * 25 + 6 + 6 * 16 * 25 + 16
+    parameters += 400 * 120 + 120 + 120 * 84 + 84 + 84 * num_classes + num_classes
+    first = 6 * 28 * 28 * 2 + 6 * 14 * 14  # conv, ReLU, pool
+    second = 16 * 10 * 10 * 2 + 16 * 5 * 5
+    return ArchitectureCost(parameters, first + second + 2 * 120 + 2 * 84 + num_classes)
 
 
 # --- preact_resnet18 ---------------------------------------------------------------------
@@ -288,6 +432,30 @@ def _build_preact_resnet18(input_shape: InputShape, num_classes: int) -> nn.Modu
     return PreActResNet18(input_shape, num_classes)
 
 
+def _preact_resnet18_cost(input_shape: InputShape, num_classes: int) -> ArchitectureCost:
+    in_channels, height, width = input_shape
+    parameters = in_channels * 64 * 9
+    activations = 64 * height * width
+    in_planes = 64
+    for planes, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+        for block_stride in (stride, 1):
+            area_in = height * width
+            height, width = -(-height // block_stride), -(-width // block_stride)
+            area = height * width
+            parameters += 2 * in_planes + in_planes * planes * 9 + 2 * planes + planes * planes * 9
+            # bn1 and ReLU at the input size; conv1, bn2, ReLU, conv2 and the sum at the output.
+            activations += 2 * in_planes * area_in + 5 * planes * area
+            if block_stride != 1 or in_planes != planes:
+                parameters += in_planes * planes
+                activations += planes * area
+            in_planes = planes
+    parameters += 2 * 512 + 512 * num_classes + num_classes
+    pooled = 512 * (height // 4) * (width // 4)
+    return ArchitectureCost(
+        parameters, activations + 2 * 512 * height * width + pooled + num_classes
+    )
+
+
 # --- helpers and registry ----------------------------------------------------------------
 
 
@@ -330,6 +498,7 @@ ARCHITECTURES: dict[str, Architecture] = {
             input_shapes=None,
             kwargs=MappingProxyType({"hidden": [256, 128]}),
             factory=_build_mlp,
+            cost=_mlp_cost,
         ),
         Architecture(
             name="small_cnn",
@@ -339,6 +508,7 @@ ARCHITECTURES: dict[str, Architecture] = {
             input_shapes=None,
             kwargs=MappingProxyType({"channels": [32, 64]}),
             factory=_build_small_cnn,
+            cost=_small_cnn_cost,
         ),
         Architecture(
             name="lenet5",
@@ -347,6 +517,7 @@ ARCHITECTURES: dict[str, Architecture] = {
             input_shapes=((1, 28, 28), (1, 32, 32), (3, 32, 32)),
             kwargs=MappingProxyType({}),
             factory=_build_lenet5,
+            cost=_lenet5_cost,
         ),
         Architecture(
             name="preact_resnet18",
@@ -355,6 +526,7 @@ ARCHITECTURES: dict[str, Architecture] = {
             input_shapes=((3, 32, 32),),
             kwargs=MappingProxyType({}),
             factory=_build_preact_resnet18,
+            cost=_preact_resnet18_cost,
         ),
     )
 }

@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import io
 import json
+import resource
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
 import torch
 from safetensors.torch import save as save_safetensors
 from torch import nn
+from torch.fx.passes.shape_prop import ShapeProp
 
 from adversarial.datasets import load_builtin
-from adversarial.errors import ModelFormatError
+from adversarial.errors import ModelFormatError, ModelTooLargeError
 from adversarial.models.loading import ModelSpec, check_model, load_model
 from adversarial.models.wrapper import InputSpaceModel
-from adversarial.models.zoo import ARCHITECTURES, build_architecture
+from adversarial.models.zoo import ARCHITECTURES, ZooLimits, build_architecture
 
 SHAPES_BUILT = [
     ("mlp", {}, (1, 8, 8)),
@@ -270,3 +275,134 @@ def test_small_cnn_learns_the_digits_and_survives_upload() -> None:
     with torch.no_grad():
         accuracy = (model(test_inputs).argmax(1) == test_labels).float().mean().item()
     assert accuracy > 0.9
+
+
+# --- size budgets ------------------------------------------------------------------------------
+
+
+@contextmanager
+def _address_space_headroom(headroom: int) -> Iterator[None]:
+    """Cap this process's address space at what it maps now plus ``headroom`` bytes.
+
+    A size check that regressed then fails with an allocation error instead of taking the
+    machine's memory.
+    """
+    with open("/proc/self/status") as status:
+        mapped = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmSize"))
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    resource.setrlimit(resource.RLIMIT_AS, (mapped + headroom, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
+def _activations_per_example(network: nn.Module, input_shape: tuple[int, int, int]) -> int:
+    """Outputs of every traced operation except flatten views, for one example."""
+    traced = torch.fx.symbolic_trace(network)
+    ShapeProp(traced).propagate(torch.zeros(2, *input_shape))
+    total = 0
+    for node in traced.graph.nodes:
+        if node.op in ("call_module", "call_function", "call_method") and node.target != "flatten":
+            total += node.meta["tensor_meta"].shape.numel()
+    return total // 2
+
+
+SIZED = [
+    *SHAPES_BUILT,
+    ("mlp", {"hidden": [300, 7, 11]}, (2, 6, 5)),
+    ("small_cnn", {"channels": [3]}, (2, 9, 11)),
+    ("lenet5", {}, (1, 32, 32)),
+]
+
+
+@pytest.mark.parametrize(("name", "kwargs", "input_shape"), SIZED)
+def test_size_is_computed_without_building_and_matches_the_network(
+    name: str, kwargs: dict[str, Any], input_shape: tuple[int, int, int]
+) -> None:
+    size = ARCHITECTURES[name].size(input_shape, 7, **kwargs)
+    network = build_architecture(name, kwargs, input_shape, 7).eval()
+    assert size.parameters == sum(p.numel() for p in network.parameters())
+    assert size.activation_elements_per_example == _activations_per_example(network, input_shape)
+
+
+def test_red_team_mlp_is_refused_before_it_is_built() -> None:
+    kwargs = {"hidden": [35000, 35000]}
+    assert ARCHITECTURES["mlp"].size((1, 8, 8), 10, **kwargs).parameters > 1_200_000_000
+    started = time.perf_counter()
+    with _address_space_headroom(2**30), pytest.raises(ModelTooLargeError) as caught:
+        build_architecture("mlp", kwargs, (1, 8, 8), 10)
+    assert time.perf_counter() - started < 1.0
+    assert caught.value.code == "model_too_large"
+    assert caught.value.limit == "max_parameters"
+    assert "hidden=[35000, 35000]" in caught.value.message
+    assert "ZooLimits.max_parameters" in caught.value.message
+
+
+@pytest.mark.parametrize(
+    ("name", "kwargs", "input_shape", "limit"),
+    [
+        ("mlp", {"hidden": [400, 400]}, (1, 8, 8), "max_parameters"),
+        ("small_cnn", {"channels": [8]}, (3, 64, 64), "max_activation_elements_per_example"),
+        ("preact_resnet18", {}, (3, 32, 32), "max_parameters"),
+    ],
+)
+def test_architecture_beyond_the_limits_is_refused(
+    name: str, kwargs: dict[str, Any], input_shape: tuple[int, int, int], limit: str
+) -> None:
+    size = ARCHITECTURES[name].size(input_shape, 10, **kwargs)
+    value = getattr(size, "parameters" if limit == "max_parameters" else limit.removeprefix("max_"))
+    tight = ZooLimits(**{limit: value - 1})
+    with pytest.raises(ModelTooLargeError) as caught:
+        build_architecture(name, kwargs, input_shape, 10, limits=tight)
+    assert (caught.value.limit, caught.value.value, caught.value.maximum) == (
+        limit,
+        value,
+        value - 1,
+    )
+    for key in kwargs:
+        assert f"{key}=" in caught.value.message
+    assert isinstance(
+        build_architecture(name, kwargs, input_shape, 10, limits=ZooLimits(**{limit: value})),
+        nn.Module,
+    )
+
+
+def test_default_limits_fit_every_listed_architecture_and_refuse_nonsense() -> None:
+    for name, architecture in ARCHITECTURES.items():
+        shape = (3, 32, 32) if architecture.input_shapes is None else architecture.input_shapes[0]
+        size = architecture.size(shape, 1000)
+        assert size.parameters <= ZooLimits().max_parameters, name
+    with pytest.raises(ValueError, match="max_parameters"):
+        ZooLimits(max_parameters=0)
+
+
+@pytest.mark.parametrize(
+    ("changes", "code"),
+    [
+        ({"input_shape": (3, 1183, 1183)}, "bad_input_shape"),
+        ({"input_shape": (1, 4096, 4096)}, "bad_input_shape"),
+        ({"num_classes": 100_001}, "bad_num_classes"),
+    ],
+)
+def test_model_spec_caps_input_size_and_classes(changes: dict[str, Any], code: str) -> None:
+    fields: dict[str, Any] = {"format": "onnx", "input_shape": (3, 32, 32), "num_classes": 10}
+    with pytest.raises(ModelFormatError) as caught:
+        ModelSpec(**{**fields, **changes})
+    assert caught.value.code == code
+    assert ModelSpec("onnx", (3, 1182, 1182), 100_000).num_classes == 100_000
+
+
+def test_load_model_passes_the_zoo_limits_on() -> None:
+    data = save_safetensors(build_architecture("mlp", {"hidden": [16]}, (1, 8, 8), 10).state_dict())
+    spec = ModelSpec(
+        format="safetensors",
+        input_shape=(1, 8, 8),
+        num_classes=10,
+        architecture="mlp",
+        architecture_kwargs={"hidden": [16]},
+    )
+    with pytest.raises(ModelTooLargeError) as caught:
+        load_model(data, spec, zoo_limits=ZooLimits(max_parameters=1000))
+    assert caught.value.limit == "max_parameters"
+    assert isinstance(load_model(data, spec), InputSpaceModel)
