@@ -508,5 +508,10 @@ def _listed(items: list[str]) -> str:
 
 
 def _shortened(message: str, limit: int = 500) -> str:
+    """One line of at most about ``limit`` characters: its start and its end, where
+    TorchScript and torch.export put the actual error after their traceback."""
     message = " ".join(message.split())
-    return message if len(message) <= limit else message[: limit - 3] + "..."
+    if len(message) <= limit:
+        return message
+    head = limit // 3
+    return message[:head] + " ... " + message[-(limit - head - 5) :]
