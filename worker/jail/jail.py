@@ -11,6 +11,7 @@ spare per mode, started before the job arrives; the job's files are placed in th
 from __future__ import annotations
 
 import atexit
+import json
 import logging
 import os
 import queue
@@ -155,29 +156,43 @@ class Jail:
         self._tail: deque[bytes] = deque()
         self._tail_bytes = 0
         self._tail_lock = threading.Lock()
+        # The sandbox's init, once bubblewrap reports it: killing it ends the whole PID
+        # namespace, and bubblewrap reaps it (killing bubblewrap first would leave it a
+        # zombie of the machine's init).
+        self.sandbox_pid: int | None = None
         read_fd, write_fd = os.pipe()
+        info_read, info_write = os.pipe() if mode == "namespaces" else (-1, -1)
+        passed = (write_fd,) if info_write < 0 else (write_fd, info_write)
         try:
-            command, environment, cwd = jail_command(mode, config, self.layout, write_fd)
+            command, environment, cwd = jail_command(
+                mode, config, self.layout, write_fd, info_fd=None if info_write < 0 else info_write
+            )
             if mode == "process":
                 _protect_parent()
             self.process = _LAUNCHER.popen(
                 args=command,
                 env=environment,
                 cwd=cwd,
-                pass_fds=(write_fd,),
+                pass_fds=passed,
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
         except BaseException:
-            os.close(read_fd)
+            for descriptor in (read_fd, info_read):
+                if descriptor >= 0:
+                    os.close(descriptor)
             _remove_tree(self.layout.root)
             raise
         finally:
-            os.close(write_fd)
+            for descriptor in passed:
+                os.close(descriptor)
         self._messages = read_fd
+        self._info = info_read
         os.set_blocking(read_fd, False)
+        if info_read >= 0:
+            os.set_blocking(info_read, False)
         threading.Thread(target=self._drain_output, name="jail-output", daemon=True).start()
 
     # --- the child's stdout and stderr: kept as a bounded tail for error messages --------
@@ -243,10 +258,23 @@ class Jail:
                 if message.type != "ready":
                     raise JailStartError(f"the jail sent {message.type!r} before 'ready'")
                 self.ready = True
+                self._read_sandbox_pid()
                 return
         raise JailStartError(
             f"the jail was not ready after {limits.startup_seconds:g} s: {self.output_tail()}"
         )
+
+    def _read_sandbox_pid(self) -> None:
+        """bubblewrap's ``{"child-pid": N}``, written before the child started."""
+        if self._info < 0 or self.sandbox_pid is not None:
+            return
+        try:
+            document = json.loads(os.read(self._info, 4096) or b"{}")
+        except (BlockingIOError, ValueError):
+            return
+        pid = document.get("child-pid") if isinstance(document, dict) else None
+        if isinstance(pid, int) and pid > 1:
+            self.sandbox_pid = pid
 
     # --- running the job -------------------------------------------------------------------
 
@@ -413,6 +441,14 @@ class Jail:
         """Kill the jail's whole process tree (its session; bubblewrap's PID namespace takes
         every process inside with it). The folders stay until :meth:`close`."""
         if self.process.poll() is None:
+            self._read_sandbox_pid()
+            if self.sandbox_pid is not None:
+                try:
+                    os.kill(self.sandbox_pid, signal.SIGKILL)
+                    self.process.wait(timeout=EXIT_WAIT_SECONDS)
+                except (ProcessLookupError, PermissionError, subprocess.TimeoutExpired):
+                    pass
+        if self.process.poll() is None:
             try:
                 os.killpg(self.process.pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
@@ -429,6 +465,8 @@ class Jail:
         self.kill()
         self._closed = True
         os.close(self._messages)
+        if self._info >= 0:
+            os.close(self._info)
         if self.process.stdin is not None:
             try:
                 self.process.stdin.close()

@@ -241,9 +241,15 @@ class _MountPlan:
 
 
 def namespace_command(
-    config: JailConfig, layout: JailLayout, message_fd: int, *, probe: bool = False
+    config: JailConfig,
+    layout: JailLayout,
+    message_fd: int,
+    *,
+    info_fd: int | None = None,
+    probe: bool = False,
 ) -> list[str]:
-    """The ``bwrap`` command line of a ``namespaces`` jail."""
+    """The ``bwrap`` command line of a ``namespaces`` jail; bubblewrap writes the host PID
+    of the sandbox's init (``{"child-pid": N}``) to ``info_fd``."""
     bwrap = shutil.which("bwrap")
     if bwrap is None:
         raise JailUnavailable("bubblewrap (bwrap) is not installed")
@@ -259,6 +265,8 @@ def namespace_command(
         "--die-with-parent",
         "--new-session",
     ]
+    if info_fd is not None:
+        arguments += ["--info-fd", str(info_fd)]
     if running_as_root():
         # The child drops to an unprivileged user at once (worker.jail.child); these two
         # capabilities are all it holds until then.
@@ -295,12 +303,19 @@ def namespace_command(
 
 
 def jail_command(
-    mode: Mode, config: JailConfig, layout: JailLayout, message_fd: int, *, probe: bool = False
+    mode: Mode,
+    config: JailConfig,
+    layout: JailLayout,
+    message_fd: int,
+    *,
+    info_fd: int | None = None,
+    probe: bool = False,
 ) -> tuple[list[str], dict[str, str], str]:
     """``(argv, environment, working directory)`` of a jail process."""
     environment = jail_environment(layout.inside_scratch)
     if mode == "namespaces":
-        return namespace_command(config, layout, message_fd, probe=probe), environment, "/"
+        command = namespace_command(config, layout, message_fd, info_fd=info_fd, probe=probe)
+        return command, environment, "/"
     arguments = child_arguments(config.python, "process", message_fd, config, probe=probe)
     return arguments, environment, str(layout.scratch)
 
