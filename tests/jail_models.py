@@ -213,3 +213,16 @@ def pt2_segfaulting() -> bytes:
 def pt2_sleeping(seconds: float) -> bytes:
     """A ``.pt2`` whose load sleeps."""
     return pt2_running(f"import time, torch\ntime.sleep({seconds})\ntensor = torch.zeros(10)\n")
+
+
+def pt2_leaving_outputs(files: dict[str, str], links: dict[str, str]) -> bytes:
+    """A ``.pt2`` that, at load, writes ``files`` (name: text) and symbolic ``links`` (name:
+    target) into a namespace jail's output folder."""
+    return pt2_running(
+        "import os, torch\n"
+        f"for name, text in {files!r}.items():\n"
+        "    open(os.path.join('/job/outputs', name), 'w').write(text)\n"
+        f"for name, target in {links!r}.items():\n"
+        "    os.symlink(target, os.path.join('/job/outputs', name))\n"
+        "tensor = torch.zeros(10)\n"
+    )

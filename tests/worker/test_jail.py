@@ -30,6 +30,7 @@ from tests.jail_models import (
     ESCAPE_MARK,
     pt2_escaping,
     pt2_exiting,
+    pt2_leaving_outputs,
     pt2_sleeping,
     pt2_writing_garbage,
     torchscript_allocating,
@@ -378,6 +379,31 @@ def test_an_exception_no_loader_catches_is_a_crash(
         jailed(settings, namespaces, "validate_model", predict_payload("pt2"), {"model": model})
     assert caught.value.code == "model_crashed"
     assert "SystemExit" in caught.value.message
+
+
+def test_output_files_reach_the_caller_and_links_are_violations(
+    settings: Settings, namespaces: Mode, tmp_path: Path
+) -> None:
+    model = write_model(tmp_path, pt2_leaving_outputs({"per_sample.txt": "arrays"}, {}))
+    received = tmp_path / "received"
+    run_in_jail(
+        "validate_model",
+        predict_payload("pt2"),
+        {"model": model},
+        limits=LIMITS,
+        mode=namespaces,
+        on_progress=lambda *_: None,
+        output_dir=received,
+        pool=jail_pool(settings),
+    )
+    assert [path.name for path in received.iterdir()] == ["per_sample.txt"]
+    assert (received / "per_sample.txt").read_text() == "arrays"
+
+    model = write_model(tmp_path, pt2_leaving_outputs({}, {"per_sample.npz": "/etc/passwd"}))
+    with pytest.raises(JailError) as caught:
+        jailed(settings, namespaces, "validate_model", predict_payload("pt2"), {"model": model})
+    assert caught.value.code == "sandbox_violation"
+    assert "not a plain file" in caught.value.message
 
 
 def test_stopping_kills_the_jail_promptly(settings: Settings, tmp_path: Path) -> None:
