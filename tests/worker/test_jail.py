@@ -39,7 +39,15 @@ from tests.jail_models import (
     torchscript_writing,
 )
 from tests.trained import digits_arrays, trained_digits_cnn
-from worker.jail import JailError, JailLimits, JailStopped, run_in_jail
+from worker.jail import (
+    JailConfig,
+    JailError,
+    JailLimits,
+    JailStopped,
+    JailUnavailable,
+    resolve_mode,
+    run_in_jail,
+)
 from worker.jail.config import jail_config, jail_pool
 from worker.jail.protocol import LineReader, ProtocolViolation, parse_message
 from worker.jail.sandbox import Mode, namespace_support, running_as_root
@@ -428,6 +436,14 @@ def test_stopping_kills_the_jail_promptly(settings: Settings, tmp_path: Path) ->
     assert time.monotonic() - deadline < 5
     assert spare.process.poll() is not None  # the jail that had the job is gone
     assert not spare.layout.root.exists()
+
+
+def test_mode_detection_falls_back_or_refuses_when_namespaces_fail(tmp_path: Path) -> None:
+    broken = JailConfig(python=str(tmp_path / "no-python-here"), jail_dir=tmp_path / "jails")
+    assert not namespace_support(broken).available
+    assert resolve_mode("auto", broken) == "process"
+    with pytest.raises(JailUnavailable, match="GAUNTLET_JAIL_MODE=namespaces"):
+        resolve_mode("namespaces", broken)
 
 
 # --- the protocol, without a jail ------------------------------------------------------------
