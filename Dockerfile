@@ -9,6 +9,10 @@ ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
 ENV PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 GAUNTLET_DATA_DIR=/data
 WORKDIR /app
 
+# bubblewrap: the namespace sandbox that model jails run in (README, "The jail").
+RUN apt-get update && apt-get install -y --no-install-recommends bubblewrap \
+    && rm -rf /var/lib/apt/lists/*
+
 # torch first and pinned, from the chosen index, so the rest cannot pull another build.
 RUN pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX}"
 COPY pyproject.toml README.md alembic.ini ./

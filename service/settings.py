@@ -100,6 +100,45 @@ class Settings(BaseSettings):
     worker_queue: str = Field("gauntlet", description="Celery queue name workers consume.")
     eval_batch_size: int = Field(256, description="Examples per attack batch.")
 
+    # --- The model jail (worker/jail): where untrusted model code runs --------------------
+    jail_mode: Literal["auto", "namespaces", "process"] = Field(
+        "auto",
+        description="'namespaces': a bubblewrap sandbox (no network, read-only root, only the "
+        "job's files), refusing to start without it; 'process': a plain child process with "
+        "limits and a scrubbed environment; 'auto': namespaces where the kernel allows them.",
+    )
+    jail_code_formats_need_namespaces: bool = Field(
+        True,
+        description="Refuse TorchScript and pt2 models (they carry code) on a worker whose "
+        "jails run in 'process' mode.",
+    )
+    jail_address_space_bytes: int = Field(
+        16 * 2**30, description="Address space a job may map beyond a warm jail's (RLIMIT_AS)."
+    )
+    jail_cpu_seconds: float = Field(
+        24 * 3600.0, description="CPU time of one jailed job, all threads (RLIMIT_CPU)."
+    )
+    jail_open_files: int = Field(1024, description="Open files of a jail (RLIMIT_NOFILE).")
+    jail_processes: int = Field(
+        1024, description="Processes and threads of the jail's user (RLIMIT_NPROC)."
+    )
+    jail_file_size_bytes: int = Field(
+        4 * 2**30, description="Largest file a jailed job may write (RLIMIT_FSIZE)."
+    )
+    jail_validation_seconds: float = Field(
+        300.0, description="Wall-clock and CPU limit of one model validation in its jail."
+    )
+    jail_user_id: int = Field(
+        65534, description="The unprivileged user a root worker's jails run as."
+    )
+    jail_group_id: int = Field(65534, description="The group a root worker's jails run as.")
+    jail_dir: Path | None = Field(
+        None, description="Where jails' scratch folders go; default <temp dir>/gauntlet-jails."
+    )
+    jail_prestart: bool = Field(
+        True, description="Keep a warm spare jail (torch imported) ready for the next job."
+    )
+
     @model_validator(mode="after")
     def _fill_defaults_and_refuse_unsafe(self) -> Settings:
         if not self.database_url:

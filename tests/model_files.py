@@ -77,6 +77,37 @@ def masked_digits_onnx() -> bytes:
     return onnx_bytes(RoundedInput(trained_digits_cnn()).eval(), torch.rand(2, 1, 8, 8))
 
 
+def torchscript_bytes(model: nn.Module) -> bytes:
+    """``model`` compiled with ``torch.jit.script`` and saved with ``torch.jit.save``."""
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.save(torch.jit.script(model), buffer)
+    return buffer.getvalue()
+
+
+def pt2_bytes(model: nn.Module, example: torch.Tensor) -> bytes:
+    """``model`` exported with ``torch.export`` (dynamic batch) and saved as a ``.pt2``."""
+    exported = torch.export.export(
+        model.eval(), (example,), dynamic_shapes=({0: torch.export.Dim("batch")},)
+    )
+    buffer = io.BytesIO()
+    torch.export.save(exported, buffer)
+    return buffer.getvalue()
+
+
+@lru_cache
+def digits_torchscript() -> bytes:
+    """The trained digits CNN as TorchScript."""
+    return torchscript_bytes(trained_digits_cnn())
+
+
+@lru_cache
+def digits_pt2() -> bytes:
+    """The trained digits CNN as a ``torch.export`` package."""
+    return pt2_bytes(trained_digits_cnn(), torch.rand(2, 1, 8, 8))
+
+
 def meta(fmt: str, **extra: object) -> dict[str, object]:
     """Upload metadata for the digits models."""
     return {**DIGITS_META, "format": fmt, **extra}

@@ -27,6 +27,21 @@ def _fresh_connections_after_fork(**_: Any) -> None:
     reset_engine()
 
 
+@signals.worker_process_init.connect
+def _warm_a_jail(**_: Any) -> None:
+    # The first job finds a jail that has already imported torch (worker.jail).
+    from service.settings import get_settings
+    from worker.jail.config import jail_mode, jail_pool
+
+    settings = get_settings()
+    if not settings.jail_prestart:
+        return
+    try:
+        jail_pool(settings).prestart(jail_mode(settings))
+    except Exception:
+        logger.warning("could not start a spare jail", exc_info=True)
+
+
 @signals.worker_ready.connect
 def _start_reconciler(**_: Any) -> None:
     global _reconciler

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import struct
 import zipfile
+from typing import Literal
 
 from adversarial.errors import ModelFormatError
 
@@ -19,6 +20,9 @@ EXPORT_ADVICE = (
     "built-in architecture; or export the model to ONNX with "
     "torch.onnx.export(model, example_input, path)."
 )
+
+# EXPORT_ADVICE, lower-cased to follow "or".
+_ADVICE_TAIL = EXPORT_ADVICE[0].lower() + EXPORT_ADVICE[1:]
 
 _LOCAL_HEADER_SIGNATURE = b"PK\x03\x04"
 _CENTRAL_RECORD_SIGNATURE = b"PK\x01\x02"
@@ -33,30 +37,48 @@ _PT2_FILES = frozenset({"archive_format", "archive_version", "serialized_exporte
 _PT2_PREFIXES = ("models/", "serialized_")
 
 
-def check_torch_zip(data: bytes, *, max_total_bytes: int, max_entries: int = 10000) -> list[str]:
-    """Validate a ``torch.save`` zip archive and return its entry names.
+ArchiveKind = Literal["state_dict", "torchscript", "pt2"]
+
+
+def check_torch_zip(
+    data: bytes,
+    *,
+    max_total_bytes: int,
+    max_entries: int = 10000,
+    expected: ArchiveKind = "state_dict",
+) -> list[str]:
+    """Validate a zip archive written by torch and return its entry names.
 
     Checks, in order: the bytes are a zip that starts with a local file header (torch
     treats anything else as a legacy pickle stream); there are at most ``max_entries``
     entries; entry names are relative, free of ``..``, backslashes and NUL, unique, and all
-    under one top-level folder; the archive is neither TorchScript nor a ``torch.export``
-    ``.pt2`` package (both carry code); every entry is stored, not compressed, in both its
-    central-directory record and its local header (torch writes stored entries, and a
-    1 MB deflate bomb would otherwise load as 1.2 GB); the declared uncompressed sizes sum
-    to at most ``max_total_bytes`` (overlapping entries can multiply the data); each stored
-    entry's sizes agree.
+    under one top-level folder; the archive is of the ``expected`` kind (a ``torch.save``
+    state_dict archive is neither TorchScript nor a ``torch.export`` ``.pt2`` package, both
+    of which carry code; a ``torchscript`` or ``pt2`` archive is that kind and not the
+    other); every entry is stored, not compressed, in both its central-directory record and
+    its local header (torch writes stored entries, and a 1 MB deflate bomb would otherwise
+    load as 1.2 GB; code formats may deflate entries, as ``torch.jit.save`` does, because
+    they only load in the jail); the declared uncompressed sizes sum to at most
+    ``max_total_bytes``
+    (overlapping entries can multiply the data); each stored entry's sizes agree.
 
     Raises:
         ModelFormatError: with code ``not_a_zip``, ``zip_corrupt``, ``zip_too_many_entries``,
-            ``zip_bad_entry_name``, ``torchscript_refused``, ``pt2_refused``,
+            ``zip_bad_entry_name``, ``torchscript_refused``, ``pt2_refused`` (a state_dict
+            was expected), ``not_torchscript``, ``not_pt2`` (a code format was expected),
             ``zip_compressed_entry`` or ``zip_too_large``.
     """
     if not data.startswith(_LOCAL_HEADER_SIGNATURE) or not zipfile.is_zipfile(io.BytesIO(data)):
+        written_by = {
+            "state_dict": "torch.save with a state_dict",
+            "torchscript": "torch.jit.save",
+            "pt2": "torch.export.save",
+        }[expected]
         raise ModelFormatError(
             "not_a_zip",
-            "The .pt file is not a zip archive. Only zip archives written by torch.save with a "
-            "state_dict are accepted; legacy (non-zip) torch.save files are not accepted; "
-            "re-save with a current torch or export to safetensors.",
+            f"The file is not a zip archive. Only zip archives written by {written_by} are "
+            "accepted; legacy (non-zip) torch.save files are not accepted; re-save with a "
+            "current torch or export to safetensors.",
         )
     # Every central-directory record starts with this signature, so the count bounds the
     # number of entries before zipfile builds one Python object per entry.
@@ -78,10 +100,18 @@ def check_torch_zip(data: bytes, *, max_total_bytes: int, max_entries: int = 100
 
     names = [entry.filename for entry in entries]
     relative_names = _check_entry_names(names)
-    _refuse_code_formats(relative_names)
+    if expected == "state_dict":
+        _refuse_code_formats(relative_names)
+    else:
+        _require_kind(relative_names, expected)
 
     for entry in entries:
-        if entry.compress_type != zipfile.ZIP_STORED or _local_method(data, entry) != 0:
+        method = _local_method(data, entry)
+        if expected != "state_dict" and entry.compress_type == method == zipfile.ZIP_DEFLATED:
+            # torch.jit.save deflates its code entries. These archives load only in the jail,
+            # whose address-space limit bounds what a lying size could cost.
+            continue
+        if entry.compress_type != zipfile.ZIP_STORED or method != 0:
             raise ModelFormatError(
                 "zip_compressed_entry",
                 f"Entry {entry.filename!r} is compressed. torch.save writes uncompressed "
@@ -96,7 +126,7 @@ def check_torch_zip(data: bytes, *, max_total_bytes: int, max_entries: int = 100
             f"the limit is {max_total_bytes}.",
         )
     for entry in entries:
-        if entry.file_size != entry.compress_size:
+        if entry.compress_type == zipfile.ZIP_STORED and entry.file_size != entry.compress_size:
             raise ModelFormatError(
                 "zip_corrupt",
                 f"Entry {entry.filename!r} is stored but declares {entry.compress_size} bytes "
@@ -146,22 +176,50 @@ def _entry_name_problem(name: str) -> str | None:
     return None
 
 
-def _refuse_code_formats(relative_names: list[str]) -> None:
-    """Refuse TorchScript and ``torch.export`` archives by their entry names alone."""
-    if any(
+def _is_torchscript(relative_names: list[str]) -> bool:
+    return any(
         name in _TORCHSCRIPT_FILES or name.startswith(_TORCHSCRIPT_FOLDERS)
         for name in relative_names
-    ):
+    )
+
+
+def _is_pt2(relative_names: list[str]) -> bool:
+    return any(name in _PT2_FILES or name.startswith(_PT2_PREFIXES) for name in relative_names)
+
+
+def _require_kind(relative_names: list[str], expected: ArchiveKind) -> None:
+    """A code-carrying archive must be the kind its upload declared, and only that kind."""
+    torchscript, pt2 = _is_torchscript(relative_names), _is_pt2(relative_names)
+    if expected == "torchscript" and (pt2 or not torchscript):
+        raise ModelFormatError(
+            "not_torchscript",
+            "The file is not a TorchScript archive (torch.jit.save writes one, with code/ and "
+            "constants.pkl entries)"
+            + (": it is a torch.export .pt2 package; upload it with format 'pt2'." if pt2 else "."),
+        )
+    if expected == "pt2" and (torchscript or not pt2):
+        raise ModelFormatError(
+            "not_pt2",
+            "The file is not a torch.export .pt2 package (torch.export.save writes one)"
+            + (": it is TorchScript; upload it with format 'torchscript'." if torchscript else "."),
+        )
+
+
+def _refuse_code_formats(relative_names: list[str]) -> None:
+    """Refuse TorchScript and ``torch.export`` archives by their entry names alone."""
+    if _is_torchscript(relative_names):
         raise ModelFormatError(
             "torchscript_refused",
             "This is a TorchScript archive (torch.jit.save). TorchScript carries code that "
-            "runs when it is loaded, so it is not accepted. " + EXPORT_ADVICE,
+            "runs when it is loaded, so it is not accepted as a 'pt' state_dict; upload it with "
+            "format 'torchscript' (run in the sandbox), or " + _ADVICE_TAIL,
         )
-    if any(name in _PT2_FILES or name.startswith(_PT2_PREFIXES) for name in relative_names):
+    if _is_pt2(relative_names):
         raise ModelFormatError(
             "pt2_refused",
             "This is a torch.export .pt2 package (torch.export.save). Loading one unpickles "
-            "data and can run code, so it is not accepted. " + EXPORT_ADVICE,
+            "data and can run code, so it is not accepted as a 'pt' state_dict; upload it with "
+            "format 'pt2' (run in the sandbox), or " + _ADVICE_TAIL,
         )
 
 

@@ -7,9 +7,13 @@ Accepted formats (DESIGN.md, "Model formats"):
   (:func:`adversarial.models.archive.check_torch_zip`), then read with
   ``torch.load(..., weights_only=True)``, which refuses pickled code and whole modules.
 - ``onnx``: any graph, converted by :mod:`adversarial.models.onnx`.
+- ``torchscript`` (``torch.jit.save``) and ``pt2`` (``torch.export.save``): these carry code
+  that runs when they are loaded or called, so they load only when the caller passes
+  ``allow_code=True``, which only the jail's child process does (``worker.jail``: no
+  credentials, no network, resource limits). Everywhere else they are refused.
 
-TorchScript, ``torch.export`` ``.pt2`` and pickled whole models are refused with a message
-that says how to export a state_dict or ONNX instead. Nothing here ever unpickles without
+Pickled whole models are refused with a message that says how to export a state_dict or
+ONNX instead. Outside ``allow_code=True`` nothing here ever unpickles without
 ``weights_only=True``.
 """
 
@@ -21,6 +25,7 @@ import math
 import pickle
 import re
 import sys
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -29,14 +34,17 @@ import torch
 from torch import nn
 
 from adversarial.errors import ModelFormatError
-from adversarial.models.archive import EXPORT_ADVICE, check_torch_zip
+from adversarial.models.archive import EXPORT_ADVICE, ArchiveKind, check_torch_zip
 from adversarial.models.wrapper import InputSpaceModel
 from adversarial.models.zoo import ZooLimits, build_architecture
 
 if TYPE_CHECKING:  # the ONNX package is imported only when an ONNX file is loaded
     from adversarial.models.onnx import OnnxLimits
 
-MODEL_FORMATS = ("safetensors", "pt", "onnx")
+DATA_FORMATS = ("safetensors", "pt", "onnx")
+# Formats whose files carry code: loaded only with allow_code=True (inside the jail).
+CODE_FORMATS = ("torchscript", "pt2")
+MODEL_FORMATS = DATA_FORMATS + CODE_FORMATS
 STATE_DICT_FORMATS = ("safetensors", "pt")
 DEFAULT_MAX_BYTES = 512 * 2**20
 # Declared sizes beyond these are refused before anything is built: C*H*W of one example
@@ -61,14 +69,14 @@ class ModelSpec:
     at most :data:`MAX_NUM_CLASSES`: larger declarations are refused before anything is built.
 
     Attributes:
-        format: ``"safetensors"``, ``"pt"`` or ``"onnx"``.
+        format: ``"safetensors"``, ``"pt"``, ``"onnx"``, ``"torchscript"`` or ``"pt2"``.
         input_shape: ``(C, H, W)`` of one example.
         num_classes: width of the logits (at least 2).
         input_range: ``(low, high)`` bounds of valid inputs; attacks stay inside them.
         normalization: ``(mean, std)`` per channel (or one value for all), applied inside the
             wrapped model; None for a model that takes raw inputs.
         architecture: built-in architecture name; required for state_dict formats and
-            refused for ONNX (the graph is the architecture).
+            refused for ONNX, TorchScript and pt2 (the file is the architecture).
         architecture_kwargs: keyword arguments for the architecture.
     """
 
@@ -128,6 +136,48 @@ class ModelSpec:
                 ) from error
             object.__setattr__(self, "normalization", (mean, std))
 
+    def to_json(self) -> dict[str, Any]:
+        """The spec as a JSON object (for a job payload); :meth:`from_json` reads it back."""
+        return {
+            "format": self.format,
+            "input_shape": list(self.input_shape),
+            "num_classes": self.num_classes,
+            "input_range": list(self.input_range),
+            "normalization": (
+                None
+                if self.normalization is None
+                else {"mean": list(self.normalization[0]), "std": list(self.normalization[1])}
+            ),
+            "architecture": self.architecture,
+            "architecture_kwargs": dict(self.architecture_kwargs),
+        }
+
+    @classmethod
+    def from_json(cls, document: Mapping[str, Any]) -> ModelSpec:
+        """A spec from :meth:`to_json`'s output.
+
+        Raises:
+            ModelFormatError: ``bad_spec`` for a document of the wrong shape, and the codes
+                of the constructor's checks.
+        """
+        try:
+            normalization = document.get("normalization")
+            return cls(
+                format=str(document["format"]),
+                input_shape=tuple(document["input_shape"]),
+                num_classes=document["num_classes"],
+                input_range=tuple(document.get("input_range", (0.0, 1.0))),
+                normalization=(
+                    None
+                    if normalization is None
+                    else (tuple(normalization["mean"]), tuple(normalization["std"]))
+                ),
+                architecture=document.get("architecture"),
+                architecture_kwargs=dict(document.get("architecture_kwargs") or {}),
+            )
+        except (KeyError, TypeError, AttributeError) as error:
+            raise ModelFormatError("bad_spec", f"A model spec is malformed: {error!r}") from error
+
 
 def load_model(
     data: bytes,
@@ -136,8 +186,9 @@ def load_model(
     max_bytes: int = DEFAULT_MAX_BYTES,
     onnx_limits: OnnxLimits | None = None,
     zoo_limits: ZooLimits | None = None,
+    allow_code: bool = False,
 ) -> InputSpaceModel:
-    """Load an uploaded model as data and wrap it in its declared input space.
+    """Load an uploaded model and wrap it in its declared input space.
 
     ``onnx_limits`` and ``zoo_limits`` are the resource budgets of an ONNX graph and of a
     built-in architecture (their defaults when None).
@@ -145,15 +196,21 @@ def load_model(
     Returns the :class:`InputSpaceModel` in eval mode on the CPU. It has not run yet: call
     :func:`check_model` before trusting the declared shapes.
 
-    For ``onnx`` an ``architecture`` is refused (``architecture_not_applicable``) rather than
-    ignored, so a user who thinks it matters learns that it does not.
+    Data formats (``safetensors``, ``pt``, ``onnx``) are read as data. ``torchscript`` and
+    ``pt2`` run the file's code when loaded and called: they are refused unless
+    ``allow_code`` is true, which only the jail's child process passes (``worker.jail``);
+    nothing else may pass it. For ``onnx``, ``torchscript`` and ``pt2`` an
+    ``architecture`` is refused (``architecture_not_applicable``) rather than ignored, so a
+    user who thinks it matters learns that it does not.
 
     Raises:
         ModelFormatError: ``too_large``, ``unknown_format``, ``architecture_required``,
             ``architecture_not_applicable``, ``safetensors_invalid``, ``not_a_state_dict``,
             ``state_dict_mismatch``, ``pickled_model_refused``, ``pickle_refused``,
-            ``pt_invalid``, any code of :func:`check_torch_zip` and of
-            :func:`adversarial.models.zoo.build_architecture`, and those of ``load_onnx``.
+            ``pt_invalid``, ``torchscript_refused`` and ``pt2_refused`` (a code format
+            without ``allow_code``), ``torchscript_invalid``, ``pt2_invalid``, any code of
+            :func:`check_torch_zip` and of :func:`adversarial.models.zoo.build_architecture`,
+            and those of ``load_onnx``.
         ModelTooLargeError: ``model_too_large``, from the zoo's or the ONNX loader's budgets.
     """
     if len(data) > max_bytes:
@@ -165,8 +222,11 @@ def load_model(
             "unknown_format",
             f"Unknown model format {spec.format!r}; accepted: {', '.join(MODEL_FORMATS)}.",
         )
+    network: nn.Module
     if spec.format == "onnx":
         network = _load_onnx(data, spec, max_bytes=max_bytes, limits=onnx_limits)
+    elif spec.format in CODE_FORMATS:
+        network = _load_code_format(data, spec, max_bytes=max_bytes, allow_code=allow_code)
     else:
         if spec.architecture is None:
             raise ModelFormatError(
@@ -266,6 +326,72 @@ def _load_onnx(
     from adversarial.models.onnx import load_onnx
 
     return load_onnx(data, max_bytes=max_bytes, limits=limits, input_shape=spec.input_shape)
+
+
+class ExportedProgramModule(nn.Module):
+    """A ``torch.export`` program as an ``nn.Module`` that attacks can put in eval mode.
+
+    An exported program's train/eval behaviour (dropout, batch norm) was fixed when it was
+    exported, and its module refuses ``train()`` and ``eval()``; here they only set the
+    flag, so wrappers that switch modes (every attack does) work. Gradients flow through
+    the graph as through any module.
+    """
+
+    def __init__(self, graph: nn.Module) -> None:
+        super().__init__()
+        self.graph = graph
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        """The program's output for ``inputs``."""
+        outputs: torch.Tensor = self.graph(inputs)
+        return outputs
+
+    def train(self, mode: bool = True) -> ExportedProgramModule:
+        """Record the mode without passing it to the exported graph (which refuses it)."""
+        self.training = mode
+        return self
+
+
+def _load_code_format(
+    data: bytes, spec: ModelSpec, *, max_bytes: int, allow_code: bool
+) -> nn.Module:
+    """TorchScript or a ``torch.export`` package: only with ``allow_code`` (in the jail)."""
+    label = "TorchScript" if spec.format == "torchscript" else "A torch.export .pt2 package"
+    if not allow_code:
+        raise ModelFormatError(
+            f"{spec.format}_refused",
+            f"{label} carries code that runs when it is loaded; it is only loaded inside the "
+            "sandboxed jail, never here. " + EXPORT_ADVICE,
+        )
+    if spec.architecture is not None:
+        raise ModelFormatError(
+            "architecture_not_applicable",
+            f"{label} file carries its own architecture; leave out the architecture.",
+        )
+    # The structure checks of every torch archive still apply (stored entries, sane names,
+    # a bounded total), and the archive must be the kind the upload declared.
+    kind: ArchiveKind = "torchscript" if spec.format == "torchscript" else "pt2"
+    check_torch_zip(data, max_total_bytes=max_bytes, expected=kind)
+    try:
+        with warnings.catch_warnings():
+            # torch 2.13 deprecates TorchScript; uploads of it are still accepted.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            if spec.format == "torchscript":
+                network: nn.Module = torch.jit.load(  # type: ignore[no-untyped-call]
+                    io.BytesIO(data), map_location="cpu"
+                )
+            else:
+                program = torch.export.load(io.BytesIO(data))
+                network = ExportedProgramModule(program.module())
+    except MemoryError:
+        raise
+    except Exception as error:  # any failure of the file's loader is a verdict on the file
+        raise ModelFormatError(
+            f"{spec.format}_invalid",
+            f"torch could not load the {label.removeprefix('A ')}: {type(error).__name__}: "
+            f"{_shortened(str(error))}",
+        ) from error
+    return network
 
 
 def _read_safetensors(data: bytes) -> dict[str, torch.Tensor]:
@@ -411,5 +537,10 @@ def _listed(items: list[str]) -> str:
 
 
 def _shortened(message: str, limit: int = 500) -> str:
+    """One line of at most about ``limit`` characters: its start and its end, where
+    TorchScript and torch.export put the actual error after their traceback."""
     message = " ".join(message.split())
-    return message if len(message) <= limit else message[: limit - 3] + "..."
+    if len(message) <= limit:
+        return message
+    head = limit // 3
+    return message[:head] + " ... " + message[-(limit - head - 5) :]

@@ -12,7 +12,9 @@ from service.architectures import ARCHITECTURES
 from service.settings import get_settings
 from service.tables import Model
 
-ModelFormat = Literal["safetensors", "pt", "onnx"]
+ModelFormat = Literal["safetensors", "pt", "onnx", "torchscript", "pt2"]
+# Files that are their own architecture (a graph or a program).
+SELF_DESCRIBING_FORMATS = ("onnx", "torchscript", "pt2")
 
 
 class Normalization(BaseModel):
@@ -110,8 +112,10 @@ class ModelMeta(BaseModel):
             raise ValueError(
                 f"a {self.format} state_dict needs 'architecture' (GET /v1/architectures)"
             )
-        if self.format == "onnx" and self.architecture is not None:
-            raise ValueError("an ONNX file carries its own architecture: omit 'architecture'")
+        if self.format in SELF_DESCRIBING_FORMATS and self.architecture is not None:
+            raise ValueError(
+                f"a {self.format} file carries its own architecture: omit 'architecture'"
+            )
         return self
 
 

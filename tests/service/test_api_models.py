@@ -39,6 +39,17 @@ def test_upload_is_accepted_and_queues_validation(client: TestClient, make_tenan
     assert [m["id"] for m in listed["items"]] == [model["id"]]
 
 
+@pytest.mark.parametrize("model_format", ["torchscript", "pt2"])
+def test_code_formats_are_accepted_for_validation_in_the_jail(
+    client: TestClient, make_tenant, model_format: str
+) -> None:
+    tenant = make_tenant()
+    response = upload(client, tenant.headers, {**ONNX_META, "format": model_format})
+    assert response.status_code == 202, response.text
+    assert response.json()["format"] == model_format
+    assert response.json()["status"] == "validating"
+
+
 @pytest.mark.parametrize(
     ("meta", "field", "needle"),
     [
@@ -64,6 +75,11 @@ def test_upload_is_accepted_and_queues_validation(client: TestClient, make_tenan
             "std must be positive",
         ),
         ({**ONNX_META, "extra": 1}, "meta.extra", "Extra inputs"),
+        (
+            {**ONNX_META, "format": "pt2", "architecture": {"name": "mlp"}},
+            "meta",
+            "carries its own architecture",
+        ),
     ],
 )
 def test_bad_meta_is_422_naming_the_field(

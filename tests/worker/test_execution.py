@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,7 +19,15 @@ from service.jobs import repository
 from service.models import repository as models
 from service.tables import JobStatus, ModelStatus
 from tests.factories import audit_spec, job_row, model_row, queued_job
-from tests.model_files import digits_onnx, digits_small_cnn_safetensors, malicious_pt
+from tests.jail_models import pt2_segfaulting, pt2_sleeping
+from tests.model_files import (
+    digits_onnx,
+    digits_pt2,
+    digits_small_cnn_safetensors,
+    digits_torchscript,
+    malicious_pt,
+)
+from tests.trained import trained_digits_cnn
 from worker.execution import execute_job
 from worker.lease import Lease
 from worker.runners import RUNNERS
@@ -98,6 +108,114 @@ def test_torchscript_is_refused(settings, make_tenant, tmp_path) -> None:
     assert error["code"] == "torchscript_refused"
     assert "state_dict" in error["message"]
     assert "onnx" in error["message"].lower()
+
+
+@pytest.mark.parametrize(
+    ("model_format", "data"), [("torchscript", digits_torchscript), ("pt2", digits_pt2)]
+)
+def test_code_formats_validate_in_the_jail(settings, make_tenant, model_format, data) -> None:
+    tenant_id = make_tenant().id
+    model_id = model_row(tenant_id, data=data(), status=ModelStatus.VALIDATING, format=model_format)
+    job_id = queued_job(settings, tenant_id, {"kind": "validate_model", "model_id": model_id})
+
+    assert execute_job(job_id) == "succeeded", job_row(job_id).error
+    assert model_status(model_id) == (ModelStatus.READY, None)
+    parameters = sum(p.numel() for p in trained_digits_cnn().parameters())
+    assert job_row(job_id).result["parameters"] == parameters
+
+
+def test_a_jail_crash_fails_the_job_once_without_a_retry(settings, make_tenant) -> None:
+    tenant_id = make_tenant().id
+    model_id = model_row(
+        tenant_id, data=pt2_segfaulting(), status=ModelStatus.VALIDATING, format="pt2"
+    )
+    job_id = queued_job(settings, tenant_id, {"kind": "validate_model", "model_id": model_id})
+
+    assert execute_job(job_id) == "failed"
+
+    job = job_row(job_id)
+    assert (job.status, job.attempt, job.error["code"]) == (JobStatus.FAILED, 1, "model_crashed")
+    assert "SIGSEGV" in job.error["message"]
+    assert job.max_attempts > 1  # retries were possible; a verdict on the model takes none
+    assert model_status(model_id) == (ModelStatus.INVALID, job.error)
+    assert execute_job(job_id) == "skipped"
+
+
+def test_code_formats_are_refused_where_only_process_jails_run(
+    settings, make_tenant, monkeypatch
+) -> None:
+    monkeypatch.setattr(settings, "jail_mode", "process")
+    model_id, outcome = validate(
+        settings, make_tenant().id, digits_torchscript(), format="torchscript"
+    )
+    assert outcome == "failed"
+    status, error = model_status(model_id)
+    assert status == ModelStatus.INVALID
+    assert error["code"] == "sandbox_unavailable"
+    assert "safetensors" in error["message"]
+
+
+def test_an_operator_may_accept_code_formats_in_process_jails(
+    settings, make_tenant, monkeypatch
+) -> None:
+    monkeypatch.setattr(settings, "jail_mode", "process")
+    monkeypatch.setattr(settings, "jail_code_formats_need_namespaces", False)
+    model_id, outcome = validate(
+        settings, make_tenant().id, digits_torchscript(), format="torchscript"
+    )
+    assert outcome == "succeeded"
+    assert model_status(model_id) == (ModelStatus.READY, None)
+
+
+def test_cancelling_a_validation_kills_its_jail(settings, make_tenant) -> None:
+    tenant_id = make_tenant().id
+    model_id = model_row(
+        tenant_id, data=pt2_sleeping(600), status=ModelStatus.VALIDATING, format="pt2"
+    )
+    job_id = queued_job(settings, tenant_id, {"kind": "validate_model", "model_id": model_id})
+    outcome: list[str] = []
+    thread = threading.Thread(target=lambda: outcome.append(execute_job(job_id)))
+    thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        while (job_row(job_id).progress or {}).get("stage") != "starting":
+            assert time.monotonic() < deadline, job_row(job_id).progress
+            time.sleep(0.05)
+        time.sleep(1.0)  # the jail has the job now, and the model sleeps in it
+        jails_before = jail_processes(settings)
+    finally:
+        with session_scope() as session:
+            repository.request_cancel(session, job_id, utcnow())
+        cancelled_at = time.monotonic()
+        thread.join(timeout=60)
+
+    assert outcome == ["cancelled"]
+    assert time.monotonic() - cancelled_at < 10  # not the 600 s the model sleeps
+    # The job's jail is gone (a new spare may be starting; it is not among these).
+    assert jails_before
+    assert not [pid for pid in jails_before if Path(f"/proc/{pid}").exists()]
+
+
+def jail_processes(settings) -> list[int]:
+    """Processes whose command line names a folder of a jail that is running a job."""
+    from worker.jail.config import jail_pool
+
+    spares = {spare.process.pid for spare in jail_pool(settings)._spares.values()}
+    folder = str(jail_pool(settings).config.jail_dir)
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) in spares:
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes()
+            # A namespaces jail names its folders in bwrap's arguments; a process jail
+            # works in its scratch folder.
+            cwd = os.readlink(entry / "cwd")
+        except OSError:
+            continue
+        if folder.encode() in command or cwd.startswith(folder):
+            found.append(int(entry.name))
+    return found
 
 
 @pytest.fixture

@@ -1,24 +1,41 @@
-"""Model validation: load an upload through the safe loaders and run a real forward pass."""
+"""Model validation: load an upload in the jail and run a real forward pass there.
+
+Every format is validated in the jail (worker.jail), code-carrying ones (TorchScript, pt2)
+included; this process only moves the file in and the verdict out.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy.orm import Session
 
-from adversarial.models.loading import check_model
 from service.database import session_scope, utcnow
 from service.models import repository as models
 from service.settings import get_settings
 from service.storage import get_store
 from service.tables import Job, Model, ModelStatus
+from worker.jail import JailError, run_in_jail
+from worker.jail.config import jail_mode, jail_pool, refuses_format, validation_limits
+from worker.jail.errors import SANDBOX_UNAVAILABLE, SANDBOX_VIOLATION
 from worker.lease import Lease
-from worker.loading import load_user_model, model_spec, select_device
+from worker.loading import model_spec, stored_file
+
+
+def lease_stopper(lease: Lease) -> Callable[[], bool]:
+    """A jail's ``should_stop``: raises the lease's ``JobCancelled`` or ``LeaseLost``."""
+
+    def should_stop() -> bool:
+        lease.check()
+        return False
+
+    return should_stop
 
 
 class ValidateModelRunner:
     """Marks the model ``ready`` when it loads and its outputs are ``[N, num_classes]`` and
-    finite; ``invalid`` with the loader's code and message otherwise."""
+    finite; ``invalid`` with the loader's (or the jail's) code and message otherwise."""
 
     def run(self, job: Job, lease: Lease) -> dict[str, Any]:
         settings = get_settings()
@@ -30,14 +47,35 @@ class ValidateModelRunner:
         row = lease.retry(read)
         if row is None:
             raise LookupError(f"model {job.spec['model_id']} is gone")
-        lease.report(0.1, "loading", f"loading {row.format} model", force=True)
-        model = load_user_model(row, get_store(), settings)
-        device = select_device(settings.worker_device)
-        model.to(device)
-        lease.report(0.6, "checking", "running a forward pass", force=True)
-        check_model(model, model_spec(row), device=device)
-        parameters = sum(p.numel() for p in model.parameters())
-        return {"model_id": row.id, "valid": True, "parameters": parameters, "device": str(device)}
+        mode = jail_mode(settings)
+        if refuses_format(settings, row.format, mode):
+            raise JailError(
+                SANDBOX_UNAVAILABLE,
+                f"This service's workers cannot run a namespace sandbox, so {row.format} "
+                "models (which carry code) are not accepted here. Upload safetensors weights "
+                "with a built-in architecture, or ONNX.",
+            )
+        lease.report(0.0, "starting", "starting the model's jail", force=True)
+        payload = {
+            "spec": model_spec(row).to_json(),
+            "max_bytes": settings.max_model_bytes,
+            "device": settings.worker_device,
+        }
+        with stored_file(get_store(), row.file_sha256) as path:
+            result = run_in_jail(
+                "validate_model",
+                payload,
+                {"model": path},
+                limits=validation_limits(settings),
+                mode=mode,
+                on_progress=lease.report,
+                should_stop=lease_stopper(lease),
+                pool=jail_pool(settings),
+            )
+        parameters, device = result.get("parameters"), result.get("device")
+        if not isinstance(parameters, int) or parameters < 0 or not isinstance(device, str):
+            raise JailError(SANDBOX_VIOLATION, "The jail's validation result is malformed.")
+        return {"model_id": row.id, "valid": True, "parameters": parameters, "device": device}
 
     def on_success(self, session: Session, job: Job, result: dict[str, Any]) -> None:
         models.set_status(session, job.spec["model_id"], ModelStatus.READY, None, utcnow())
