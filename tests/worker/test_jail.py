@@ -147,7 +147,15 @@ def test_a_namespace_jail_sees_no_credentials_data_or_network(
     store = get_store()
     sha256, _ = store.put_bytes(b"another tenant's model")
     blob = str(store.local_path(sha256))  # type: ignore[attr-defined]
-    secret_places = [str(settings.data_dir), str(settings.artifact_dir), blob, str(Path.cwd())]
+    # The checkout's files (the virtualenv inside it is bound read-only, so its folder may
+    # exist as the mount's parent, holding nothing else).
+    secret_places = [
+        str(settings.data_dir),
+        str(settings.artifact_dir),
+        blob,
+        str(Path.cwd() / "README.md"),
+        str(Path.cwd() / "service"),
+    ]
     (tmp_path / "input.txt").write_text("this job's input")
 
     seen = jailed(
