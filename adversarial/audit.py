@@ -9,8 +9,9 @@ hands it a model, the examples and an :class:`AuditConfig`, and reads an
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,6 +33,41 @@ class AuditConfig:
     seed: int = 0
     batch_size: int | None = None
     checks: bool = True
+
+    def to_json(self) -> dict[str, Any]:
+        """The config as JSON (a jail's payload); :meth:`from_json` reads it back."""
+        return {
+            "attacks": [
+                {"name": a.name, "norm": a.norm, "eps": a.eps, "params": dict(a.params)}
+                for a in self.attacks
+            ],
+            "num_classes": self.num_classes,
+            "input_range": list(self.input_range),
+            "seed": self.seed,
+            "batch_size": self.batch_size,
+            "checks": self.checks,
+        }
+
+    @classmethod
+    def from_json(cls, document: Mapping[str, Any]) -> AuditConfig:
+        """A config from :meth:`to_json`'s output."""
+        low, high = document["input_range"]
+        return cls(
+            attacks=[
+                AttackConfig(
+                    name=str(a["name"]),
+                    norm=str(a["norm"]),
+                    eps=float(a["eps"]),
+                    params=dict(a.get("params") or {}),
+                )
+                for a in document["attacks"]
+            ],
+            num_classes=int(document["num_classes"]),
+            input_range=(float(low), float(high)),
+            seed=int(document["seed"]),
+            batch_size=None if document.get("batch_size") is None else int(document["batch_size"]),
+            checks=bool(document.get("checks", True)),
+        )
 
 
 @dataclass
@@ -135,3 +171,73 @@ def per_sample_arrays(
         arrays[f"predictions_{summary.norm}"] = summary.adversarial_predictions.numpy()
         arrays[f"confidences_{summary.norm}"] = summary.adversarial_confidences.numpy()
     return arrays
+
+
+def outcome_document(outcome: AuditOutcome) -> dict[str, Any]:
+    """The measured numbers as JSON: the result document's engine part (the service adds
+    the request's identity, the gate's verdict and notes). Ensemble components are
+    cumulative; attacks are in config order; curves group configs that differ only in eps.
+    """
+    evaluation = outcome.evaluation
+    curves: dict[tuple[str, str, str], dict[str, Any]] = {}
+    for attack in evaluation.outcomes:
+        curve = curves.setdefault(
+            attack.config.family,
+            {
+                "attack": attack.config.name,
+                "norm": attack.config.norm,
+                "eps": [],
+                "robust_accuracy": [],
+            },
+        )
+        curve["eps"].append(attack.config.eps)
+        curve["robust_accuracy"].append(attack.robust_accuracy)
+    return {
+        "num_examples": evaluation.num_examples,
+        "clean_accuracy": evaluation.clean_accuracy,
+        "per_class_clean_accuracy": evaluation.per_class_clean_accuracy,
+        "attacks": [
+            {
+                "name": o.config.name,
+                "norm": o.config.norm,
+                "eps": o.config.eps,
+                "params": dict(o.config.params),
+                "robust_accuracy": o.robust_accuracy,
+                "success_rate": o.success_rate,
+                "mean_wrong_confidence": o.mean_wrong_confidence,
+                "mean_perturbation_norm": o.mean_perturbation_norm,
+                "max_perturbation_norm": o.max_perturbation_norm,
+                "per_class_accuracy": o.per_class_accuracy,
+                "confusion": o.confusion,
+                "components": [
+                    {
+                        "name": c.name,
+                        "robust_accuracy": c.robust_accuracy,
+                        "seconds": round(c.seconds, 4),
+                    }
+                    for c in o.components
+                ],
+                "seconds": round(o.seconds, 4),
+            }
+            for o in evaluation.outcomes
+        ],
+        "curves": list(curves.values()),
+        "worst_case": [
+            {
+                "norm": w.norm,
+                "eps": w.eps,
+                "attacks": w.attacks,
+                "robust_accuracy": w.robust_accuracy,
+            }
+            for w in evaluation.worst_cases
+        ],
+        "noise_baseline": [
+            {"norm": n.norm, "eps": n.eps, "accuracy": n.accuracy} for n in evaluation.noise
+        ],
+        "large_eps_accuracy": outcome.large_eps_accuracy,
+        "warnings": [{"code": f.code, "message": f.message} for f in outcome.findings],
+        "batch_size": evaluation.batch_size,
+        "final_batch_size": evaluation.final_batch_size,
+        "verification_seconds": round(evaluation.verification_seconds, 4),
+        "seconds": round(outcome.seconds, 4),
+    }

@@ -92,3 +92,11 @@ def subset(
         indices = np.sort(np.random.default_rng(seed).permutation(x.shape[0])[:limit])
     index = torch.from_numpy(indices)
     return x[index], y[index], indices
+
+
+def write_examples(path: Path, x: torch.Tensor, y: torch.Tensor, ids: torch.Tensor) -> Path:
+    """Write a job's examples for a jail: an ``.npz`` of ``x`` (float32), ``y`` and ``ids``
+    (int64: the examples' indices in their dataset, which key their random streams)."""
+    with path.open("wb") as handle:
+        np.savez(handle, x=x.float().numpy(), y=y.long().numpy(), ids=ids.long().numpy())
+    return path

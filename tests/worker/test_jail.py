@@ -495,3 +495,63 @@ def test_file_size_limit_is_reported_as_a_resource_limit() -> None:
     assert code == "resource_limit"
     code, _ = classify(RuntimeError("DefaultCPUAllocator: can't allocate memory: 8 GB"))
     assert code == "resource_limit"
+
+
+# --- audits run in the jail ---------------------------------------------------------------
+
+
+def test_code_carrying_models_are_audited_in_the_jail_with_the_onnx_exports_numbers(
+    settings: Settings,
+    namespaces: Mode,
+    listener: socket.socket,
+    tmp_path: Path,
+    make_tenant,  # type: ignore[no-untyped-def]
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from tests.factories import audit_spec, job_row, model_row, queued_job
+    from tests.model_files import digits_onnx
+    from worker.execution import execute_job
+
+    secret = secrets.token_hex(8)
+    monkeypatch.setenv("GAUNTLET_DATABASE_URL", f"postgresql://gauntlet:{secret}@db/gauntlet")
+    store = get_store()
+    sha256, _ = store.put_bytes(b"another job's per-sample arrays")
+    artifact = str(store.local_path(sha256))  # type: ignore[attr-defined]
+    # A folder of the worker's that the jail cannot see (its own /tmp is private).
+    canary = tmp_path / "canary"
+    tenant = make_tenant()
+    models = {
+        "onnx": model_row(tenant.id, data=digits_onnx()),
+        "pt2": model_row(
+            tenant.id,
+            format="pt2",
+            data=pt2_escaping(str(canary), listener.getsockname()[1], secret, artifact),
+        ),
+        "torchscript": model_row(
+            tenant.id, format="torchscript", data=torchscript_writing(str(canary))
+        ),
+    }
+    spec = {
+        "limit": 120,
+        "attacks": [
+            {"name": "fgsm", "eps": [0.05, 0.1]},
+            {"name": "pgd", "eps": [0.1], "steps": 10, "restarts": 2},
+        ],
+    }
+    results = {}
+    for name, model_id in models.items():
+        job_id = queued_job(settings, tenant.id, audit_spec(model_id, **spec))
+        assert execute_job(job_id) == "succeeded", job_row(job_id).error
+        results[name] = job_row(job_id).result
+
+    # Every escape failed: no canary, no connection (a success would also shift the logits
+    # by 1000 and show in every number below).
+    assert not canary.exists()
+    assert not connection_arrived(listener)
+    for name in ("pt2", "torchscript"):
+        assert results[name]["clean_accuracy"] == results["onnx"]["clean_accuracy"], name
+        assert [a["robust_accuracy"] for a in results[name]["attacks"]] == [
+            a["robust_accuracy"] for a in results["onnx"]["attacks"]
+        ], name
+        assert results[name]["worst_case"] == results["onnx"]["worst_case"], name
+        assert results[name]["warnings"] == results["onnx"]["warnings"] == []

@@ -47,6 +47,7 @@ def warm_up() -> None:
     arrives at a warm spare pays none of it."""
     import safetensors.torch  # noqa: F401
 
+    import adversarial.audit  # noqa: F401
     import adversarial.evaluation  # noqa: F401
     import adversarial.models.onnx  # noqa: F401
 
@@ -156,6 +157,42 @@ def predict(
     return result
 
 
+def read_examples(path: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``x`` float32 ``[N, C, H, W]``, ``y`` and example ids (int64 ``[N]``) from the
+    ``.npz`` the parent wrote (``worker.loading.write_examples``)."""
+    with np.load(path, allow_pickle=False) as arrays:
+        return (
+            torch.from_numpy(np.ascontiguousarray(arrays["x"], dtype=np.float32)),
+            torch.from_numpy(np.ascontiguousarray(arrays["y"], dtype=np.int64)),
+            torch.from_numpy(np.ascontiguousarray(arrays["ids"], dtype=np.int64)),
+        )
+
+
+def audit(
+    payload: dict[str, Any], inputs: dict[str, Path], *, progress: Progress, output_dir: Path
+) -> dict[str, Any]:
+    """The whole audit pipeline (:func:`adversarial.audit.audit`) on the model.
+
+    Payload: ``spec``, ``max_bytes``, ``device``, ``config`` (``AuditConfig.to_json``).
+    Inputs: ``model`` and ``examples`` (``worker.loading.write_examples``). Writes the per-sample
+    export to ``per_sample.npz``; the result is :func:`adversarial.audit.outcome_document`
+    and the ``device``.
+    """
+    from adversarial.audit import AuditConfig, outcome_document
+    from adversarial.audit import audit as run_audit
+
+    progress(0.0, "loading", "loading the model and the data")
+    model = load_jailed_model(payload, inputs)
+    device = select_device(str(payload.get("device", "cpu")))
+    model.to(device)
+    x, y, ids = read_examples(inputs["examples"])
+    config = AuditConfig.from_json(payload["config"])
+    outcome = run_audit(model, x, y, config, device=device, example_ids=ids, progress=progress)
+    with (output_dir / "per_sample.npz").open("wb") as handle:
+        np.savez_compressed(handle, **outcome.per_sample)  # type: ignore[arg-type]
+    return {**outcome_document(outcome), "device": str(device)}
+
+
 def _attempt(action: Callable[[], object]) -> str:
     try:
         action()
@@ -230,6 +267,7 @@ def inspect_environment(
 
 TASKS: dict[str, Task] = {
     "validate_model": validate_model,
+    "audit": audit,
     "predict": predict,
     "inspect": inspect_environment,
 }

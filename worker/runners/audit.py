@@ -1,20 +1,22 @@
-"""The audit runner: reads the rows, runs :func:`adversarial.audit.audit`, writes the result.
+"""The audit runner: reads the rows, hands the model, the examples and the config to the jail
+(which runs :func:`adversarial.audit.audit`), and writes the result.
 
-The pipeline itself is the engine's; this module only moves rows and files and turns the
-engine's outcome into the result document (with the gate's verdict).
+The pipeline is the engine's and the model runs only in the jail; this module moves rows
+and files and adds to the engine's numbers what the request says (the gate's verdict, the
+notes).
 """
 
 from __future__ import annotations
 
-import io
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from sqlalchemy.orm import Session
 
-from adversarial.audit import AuditConfig, AuditOutcome, audit
+from adversarial.audit import AuditConfig
 from adversarial.evaluation import AttackConfig
 from service.database import session_scope
 from service.datasets import repository as datasets
@@ -23,9 +25,6 @@ from service.jobs.results import (
     ArtifactRef,
     AttackResult,
     AuditResult,
-    ComponentResult,
-    Curve,
-    NoiseResult,
     Warning_,
     WorstCaseResult,
     audit_notes,
@@ -37,9 +36,12 @@ from service.models import repository as models
 from service.settings import get_settings
 from service.storage import ArtifactStore, get_store
 from service.tables import Dataset, Job, Model
+from worker.jail import JailError, run_in_jail
+from worker.jail.config import jail_limits, jail_mode, jail_pool
+from worker.jail.errors import SANDBOX_VIOLATION
 from worker.lease import Lease
-from worker.loading import load_examples, load_user_model, select_device, subset
-from worker.runners.base import record_artifacts
+from worker.loading import load_examples, stored_file, subset, write_examples
+from worker.runners.base import jailed_model, lease_stopper, record_artifacts
 
 
 def attack_configs(spec: AuditSpec) -> list[AttackConfig]:
@@ -52,95 +54,31 @@ def attack_configs(spec: AuditSpec) -> list[AttackConfig]:
     ]
 
 
-def curves(outcome: AuditOutcome) -> list[Curve]:
-    """Robust accuracy against eps, one curve per attack family."""
-    families: dict[tuple[str, str, str], Curve] = {}
-    for attack in outcome.evaluation.outcomes:
-        curve = families.setdefault(
-            attack.config.family,
-            Curve(attack=attack.config.name, norm=attack.config.norm, eps=[], robust_accuracy=[]),
-        )
-        curve.eps.append(attack.config.eps)
-        curve.robust_accuracy.append(attack.robust_accuracy)
-    return list(families.values())
-
-
-def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
-    """Arrays as a compressed ``.npz`` file."""
-    buffer = io.BytesIO()
-    np.savez_compressed(buffer, **arrays)  # type: ignore[arg-type]
-    return buffer.getvalue()
-
-
 def audit_result(
-    spec: AuditSpec,
-    outcome: AuditOutcome,
-    *,
-    device: str,
-    seconds: float,
-    artifacts: list[ArtifactRef],
+    spec: AuditSpec, measured: dict[str, Any], *, seconds: float, artifacts: list[ArtifactRef]
 ) -> AuditResult:
-    """The result document of an audit, with the gate's verdict."""
-    evaluation = outcome.evaluation
-    attacks = [
-        AttackResult(
-            name=o.config.name,
-            norm=o.config.norm,
-            eps=o.config.eps,
-            params=dict(o.config.params),
-            robust_accuracy=o.robust_accuracy,
-            success_rate=o.success_rate,
-            mean_wrong_confidence=o.mean_wrong_confidence,
-            mean_perturbation_norm=o.mean_perturbation_norm,
-            max_perturbation_norm=o.max_perturbation_norm,
-            per_class_accuracy=o.per_class_accuracy,
-            confusion=o.confusion,
-            components=[
-                ComponentResult(
-                    name=c.name, robust_accuracy=c.robust_accuracy, seconds=round(c.seconds, 4)
-                )
-                for c in o.components
-            ],
-            seconds=round(o.seconds, 4),
-        )
-        for o in evaluation.outcomes
-    ]
-    worst_case = [
-        WorstCaseResult(
-            norm=w.norm, eps=w.eps, attacks=w.attacks, robust_accuracy=w.robust_accuracy
-        )
-        for w in evaluation.worst_cases
-    ]
-    warnings = [Warning_(code=f.code, message=f.message) for f in outcome.findings]
-    gate = gate_for(spec, evaluation.clean_accuracy, attacks, worst_case, warnings)
+    """The result document: the engine's numbers (``outcome_document``), the request's
+    identity, the gate's verdict and the notes."""
+    attacks = [AttackResult.model_validate(a) for a in measured["attacks"]]
+    worst_case = [WorstCaseResult.model_validate(w) for w in measured["worst_case"]]
+    warnings = [Warning_.model_validate(w) for w in measured["warnings"]]
+    gate = gate_for(spec, measured["clean_accuracy"], attacks, worst_case, warnings)
     strength = attack_strength(spec.resolved_attacks())
-    return AuditResult(
-        model_id=spec.model_id,
-        dataset_id=spec.dataset_id,
-        split=spec.split,
-        num_examples=evaluation.num_examples,
-        seed=spec.seed,
-        device=device,
-        clean_accuracy=evaluation.clean_accuracy,
-        per_class_clean_accuracy=evaluation.per_class_clean_accuracy,
-        attacks=attacks,
-        curves=curves(outcome),
-        worst_case=worst_case,
-        noise_baseline=[
-            NoiseResult(norm=n.norm, eps=n.eps, accuracy=n.accuracy) for n in evaluation.noise
-        ],
-        large_eps_accuracy=outcome.large_eps_accuracy,
-        warnings=warnings,
-        checks=spec.checks,
-        attack_strength=strength,
-        notes=audit_notes(spec, strength, gate),
-        gate=gate,
-        artifacts=artifacts,
-        engine_version=engine_version(),
-        batch_size=evaluation.batch_size,
-        final_batch_size=evaluation.final_batch_size,
-        seconds=round(seconds, 4),
-        verification_seconds=round(evaluation.verification_seconds, 4),
+    return AuditResult.model_validate(
+        {
+            **measured,
+            "model_id": spec.model_id,
+            "dataset_id": spec.dataset_id,
+            "split": spec.split,
+            "seed": spec.seed,
+            "checks": spec.checks,
+            "attack_strength": strength,
+            "notes": audit_notes(spec, strength, gate),
+            "gate": gate,
+            "artifacts": artifacts,
+            "engine_version": engine_version(),
+            "seconds": round(seconds, 4),
+        }
     )
 
 
@@ -151,7 +89,7 @@ def store_artifact(store: ArtifactStore, name: str, data: bytes, content_type: s
 
 
 class AuditRunner:
-    """Runs an audit spec through :func:`adversarial.audit.audit`."""
+    """Runs an audit spec through :func:`adversarial.audit.audit`, in the model's jail."""
 
     def run(self, job: Job, lease: Lease) -> dict[str, Any]:
         started = time.perf_counter()
@@ -170,9 +108,7 @@ class AuditRunner:
         if model_row is None:
             raise LookupError(f"model {spec.model_id} is gone")
 
-        lease.report(0.0, "loading", "loading model and data", force=True)
-        device = select_device(settings.worker_device)
-        model = load_user_model(model_row, store, settings).to(device)
+        lease.report(0.0, "loading", "loading the data", force=True)
         x, y = load_examples(spec.dataset_id, spec.split, dataset_row, store, settings)
         x, y, indices = subset(x, y, spec.limit, spec.seed)
         config = AuditConfig(
@@ -183,30 +119,42 @@ class AuditRunner:
             batch_size=spec.batch_size or settings.eval_batch_size,
             checks=spec.checks,
         )
-        outcome = audit(
-            model,
-            x,
-            y,
-            config,
-            device=device,
-            example_ids=torch.from_numpy(indices),
-            progress=lease.report,
-        )
-        artifacts = [
-            store_artifact(
-                store,
-                PER_SAMPLE_ARTIFACT,
-                npz_bytes(outcome.per_sample),
-                "application/octet-stream",
+        payload = {**jailed_model(model_row, settings), "config": config.to_json()}
+        with (
+            tempfile.TemporaryDirectory(prefix="gauntlet-audit-") as folder,
+            stored_file(store, model_row.file_sha256) as model_path,
+        ):
+            examples = write_examples(
+                Path(folder) / "examples.npz", x, y, torch.from_numpy(indices)
             )
-        ]
-        result = audit_result(
-            spec,
-            outcome,
-            device=str(device),
-            seconds=time.perf_counter() - started,
-            artifacts=artifacts,
-        )
+            outputs = Path(folder) / "outputs"
+            measured = run_in_jail(
+                "audit",
+                payload,
+                {"model": model_path, "examples": examples},
+                limits=jail_limits(settings),
+                mode=jail_mode(settings),
+                on_progress=lease.report,
+                should_stop=lease_stopper(lease),
+                output_dir=outputs,
+                pool=jail_pool(settings),
+            )
+            per_sample = outputs / PER_SAMPLE_ARTIFACT
+            if not per_sample.is_file():
+                raise JailError(SANDBOX_VIOLATION, "The jail's audit wrote no per-sample export.")
+            artifacts = [
+                store_artifact(
+                    store, PER_SAMPLE_ARTIFACT, per_sample.read_bytes(), "application/octet-stream"
+                )
+            ]
+        try:
+            result = audit_result(
+                spec, measured, seconds=time.perf_counter() - started, artifacts=artifacts
+            )
+        except (ValueError, KeyError, TypeError) as error:
+            raise JailError(
+                SANDBOX_VIOLATION, f"The jail's audit result is malformed: {error}"[:500]
+            ) from None
         return result.model_dump(mode="json")
 
     def on_success(self, session: Session, job: Job, result: dict[str, Any]) -> None:

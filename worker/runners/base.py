@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 from sqlalchemy.orm import Session
 
 from service.jobs import repository as jobs
-from service.tables import Artifact, Job, new_id
+from service.settings import Settings
+from service.tables import Artifact, Job, Model, new_id
+from worker.jail import JailError
+from worker.jail.config import jail_mode, refuses_format
+from worker.jail.errors import SANDBOX_UNAVAILABLE
 from worker.lease import Lease
+from worker.loading import model_spec
 
 
 class Runner(Protocol):
@@ -52,3 +57,31 @@ def record_artifacts(session: Session, job: Job, artifacts: Iterable[dict[str, A
                 content_type=artifact["content_type"],
             ),
         )
+
+
+def jailed_model(row: Model, settings: Settings) -> dict[str, Any]:
+    """The payload part that names the model for the jail; refuses a code-carrying format
+    this worker cannot sandbox."""
+    mode = jail_mode(settings)
+    if refuses_format(settings, row.format, mode):
+        raise JailError(
+            SANDBOX_UNAVAILABLE,
+            f"This service's workers cannot run a namespace sandbox, so {row.format} models "
+            "(which carry code) are not accepted here. Upload safetensors weights with a "
+            "built-in architecture, or ONNX.",
+        )
+    return {
+        "spec": model_spec(row).to_json(),
+        "max_bytes": settings.max_model_bytes,
+        "device": settings.worker_device,
+    }
+
+
+def lease_stopper(lease: Lease) -> Callable[[], bool]:
+    """A jail's ``should_stop``: raises the lease's ``JobCancelled`` or ``LeaseLost``."""
+
+    def should_stop() -> bool:
+        lease.check()
+        return False
+
+    return should_stop

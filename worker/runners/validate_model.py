@@ -6,7 +6,6 @@ included; this process only moves the file in and the verdict out.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy.orm import Session
@@ -17,20 +16,11 @@ from service.settings import get_settings
 from service.storage import get_store
 from service.tables import Job, Model, ModelStatus
 from worker.jail import JailError, run_in_jail
-from worker.jail.config import jail_mode, jail_pool, refuses_format, validation_limits
-from worker.jail.errors import SANDBOX_UNAVAILABLE, SANDBOX_VIOLATION
+from worker.jail.config import jail_mode, jail_pool, validation_limits
+from worker.jail.errors import SANDBOX_VIOLATION
 from worker.lease import Lease
-from worker.loading import model_spec, stored_file
-
-
-def lease_stopper(lease: Lease) -> Callable[[], bool]:
-    """A jail's ``should_stop``: raises the lease's ``JobCancelled`` or ``LeaseLost``."""
-
-    def should_stop() -> bool:
-        lease.check()
-        return False
-
-    return should_stop
+from worker.loading import stored_file
+from worker.runners.base import jailed_model, lease_stopper
 
 
 class ValidateModelRunner:
@@ -47,27 +37,15 @@ class ValidateModelRunner:
         row = lease.retry(read)
         if row is None:
             raise LookupError(f"model {job.spec['model_id']} is gone")
-        mode = jail_mode(settings)
-        if refuses_format(settings, row.format, mode):
-            raise JailError(
-                SANDBOX_UNAVAILABLE,
-                f"This service's workers cannot run a namespace sandbox, so {row.format} "
-                "models (which carry code) are not accepted here. Upload safetensors weights "
-                "with a built-in architecture, or ONNX.",
-            )
         lease.report(0.0, "starting", "starting the model's jail", force=True)
-        payload = {
-            "spec": model_spec(row).to_json(),
-            "max_bytes": settings.max_model_bytes,
-            "device": settings.worker_device,
-        }
+        payload = jailed_model(row, settings)
         with stored_file(get_store(), row.file_sha256) as path:
             result = run_in_jail(
                 "validate_model",
                 payload,
                 {"model": path},
                 limits=validation_limits(settings),
-                mode=mode,
+                mode=jail_mode(settings),
                 on_progress=lease.report,
                 should_stop=lease_stopper(lease),
                 pool=jail_pool(settings),
