@@ -10,7 +10,10 @@ worker ran models before the jail, and "jail" runs it through ``run_in_jail``. M
   next job arrives as soon as the previous one ends, while its spare still warms up);
 - a cold jail (no spare at all: Python and torch imports included), for reference;
 - a long job: predictions for ``--long-examples`` digits, where the jail's cost should be a
-  small fraction.
+  small fraction;
+- audits, the jobs users run (the ``audit`` task: adversarial.audit.audit in the jail): a
+  small one (FGSM at three eps and PGD-20 on the 360 test digits, the CI case) and a long
+  one (PGD-50 on a 3x32x32 CNN, ``--cifar-examples`` examples), interleaved.
 
 Prints medians of ``--repeats`` runs, the per-job overhead in seconds and as a ratio.
 """
@@ -50,6 +53,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--long-examples", type=int, default=200_000)
     parser.add_argument("--mode", choices=("auto", "namespaces", "process"), default="auto")
+    parser.add_argument("--cifar-examples", type=int, default=120)
     arguments = parser.parse_args()
 
     folder = Path(tempfile.mkdtemp(prefix="gauntlet-bench-jail-"))
@@ -152,7 +156,90 @@ def main() -> None:
         f"{f'predict {arguments.long_examples} examples':<34}{base:>11.3f}s{seconds:>9.3f}s"
         f"{seconds - base:>+10.3f}s ({100 * (seconds - base) / base:+.1f}%)"
     )
+    bench_audits(arguments, folder, limits, mode, pool, ready)
     pool.close()
+
+
+def bench_audits(
+    arguments: argparse.Namespace,
+    folder: Path,
+    limits: JailLimits,
+    mode: Mode,
+    pool: Any,
+    ready: Callable[[], None],
+) -> None:
+    """A small and a long audit, in this process and in the jail (interleaved)."""
+    from adversarial.audit import AuditConfig
+    from adversarial.datasets import load_builtin
+    from adversarial.evaluation import AttackConfig
+    from bench.attacks import Cifar32CNN, to_32
+    from tests.model_files import onnx_bytes
+    from tests.trained import digits_arrays, train
+    from worker.loading import write_examples
+
+    x, y = load_builtin("digits", "test")
+    x_train, y_train, _, _ = digits_arrays()
+    torch.manual_seed(0)
+    cifar = train(Cifar32CNN(), to_32(x_train), y_train, epochs=4)
+    count = arguments.cifar_examples
+    jobs = {
+        "audit digits: FGSM x3 + PGD-20": (
+            digits_onnx(),
+            (1, 8, 8),
+            (x, y),
+            [AttackConfig("fgsm", "linf", eps) for eps in (0.05, 0.1, 0.2)]
+            + [AttackConfig("pgd", "linf", 0.1, {"steps": 20})],
+        ),
+        f"audit 3x32x32: PGD-50, {count} ex.": (
+            onnx_bytes(cifar, torch.rand(2, 3, 32, 32)),
+            (3, 32, 32),
+            (to_32(x[:count]), y[:count]),
+            [AttackConfig("pgd", "linf", 8 / 255, {"steps": 50, "early_stop": False})],
+        ),
+    }
+    for label, (data, shape, (examples, labels), attacks) in jobs.items():
+        model_path = folder / "audit-model.onnx"
+        model_path.write_bytes(data)
+        examples_path = write_examples(
+            folder / "audit-examples.npz", examples, labels, torch.arange(labels.shape[0])
+        )
+        config = AuditConfig(attacks=attacks, num_classes=10, seed=0)
+        payload = {
+            "spec": ModelSpec("onnx", shape, 10).to_json(),
+            "max_bytes": 2**28,
+            "device": "cpu",
+            "config": config.to_json(),
+        }
+        inputs = {"model": model_path, "examples": examples_path}
+        (folder / "audit-outputs").mkdir(exist_ok=True)
+
+        def here(payload: dict[str, Any] = payload, inputs: dict[str, Path] = inputs) -> None:
+            jail_tasks.audit(
+                payload, inputs, progress=lambda *_: None, output_dir=folder / "audit-outputs"
+            )
+
+        def jailed(payload: dict[str, Any] = payload, inputs: dict[str, Path] = inputs) -> None:
+            run_in_jail(
+                "audit",
+                payload,
+                inputs,
+                limits=limits,
+                mode=mode,
+                on_progress=lambda *_: None,
+                pool=pool,
+                output_dir=folder / "audit-collected",
+            )
+
+        here()
+        base_times, jail_times = [], []
+        for _ in range(arguments.repeats):
+            base_times.append(median_seconds(here, 1, lambda: None))
+            jail_times.append(median_seconds(jailed, 1, ready))
+        base, seconds = statistics.median(base_times), statistics.median(jail_times)
+        print(
+            f"{label:<34}{base:>11.3f}s{seconds:>9.3f}s{seconds - base:>+10.3f}s "
+            f"({100 * (seconds - base) / base:+.1f}%)"
+        )
 
 
 if __name__ == "__main__":

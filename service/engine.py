@@ -3,8 +3,9 @@
 A verdict must not outlive the engine that made it: an audit from before an attack was
 fixed, or before a default changed, must not be replayed as today's pass. The engine
 version is the package version plus a digest of every source file of the engine
-(``adversarial/``) and of the job specs (``service/jobs/specs.py``, where the attacks'
-defaults and the presets live). Any change to them changes the digest. Every result
+(``adversarial/``) and of the job specs (``service/jobs/specs.py`` and
+``service/jobs/train_specs.py``, where the attacks' and methods' defaults and the presets
+live). Any change to them changes the digest. Every result
 records it; request hashes and the client's derived Idempotency-Keys include it.
 
 Computed by reading the files, not importing them: the API never imports torch.
@@ -18,7 +19,7 @@ from importlib import metadata
 from pathlib import Path
 
 _ROOT = Path(__file__).resolve().parents[1]
-_SOURCES = ("adversarial", "service/jobs/specs.py")
+_SOURCES = ("adversarial", "service/jobs/specs.py", "service/jobs/train_specs.py")
 
 
 def package_version() -> str:

@@ -264,9 +264,10 @@ def check_model(
     batch_size: int = 4,
     seed: int = 0,
 ) -> None:
-    """Run one real forward pass and check the output against the declared spec.
+    """Run real forward passes (one example, then ``batch_size``) and check the output
+    against the declared spec.
 
-    The batch is ``batch_size`` seeded uniform samples inside ``spec.input_range`` with
+    A batch is seeded uniform samples inside ``spec.input_range`` with
     shape ``spec.input_shape``, created on ``device`` (where ``model`` must already be).
     The model runs in eval mode without gradients; its train/eval mode is restored.
 
@@ -275,6 +276,15 @@ def check_model(
             ``bad_output_shape`` (not a tensor ``[batch_size, num_classes]``),
             ``bad_output_dtype`` (not floating-point logits) or ``non_finite_output``.
     """
+    # One example first: a model that blows up does so on the smallest batch it can, and a
+    # second, larger batch shows the batch dimension really is free.
+    for size in sorted({1, batch_size}):
+        _check_forward(model, spec, device=device, batch_size=size, seed=seed)
+
+
+def _check_forward(
+    model: nn.Module, spec: ModelSpec, *, device: torch.device | str, batch_size: int, seed: int
+) -> None:
     generator = torch.Generator().manual_seed(seed)
     low, high = spec.input_range
     inputs = low + (high - low) * torch.rand((batch_size, *spec.input_shape), generator=generator)

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 from service.datasets.schemas import DatasetRead
 from service.datasets.service import get_dataset
 from service.jobs.specs import AuditSpec
+from service.jobs.train_specs import TrainSpec
 from service.models import repository as models
 from service.problems import ProblemError, invalid, not_found
 from service.settings import Settings
@@ -135,3 +136,73 @@ def check_audit_fits(
             f"limit is {settings.max_result_cells:,}",
             code="budget_exceeded",
         )
+
+
+def admit_train(
+    session: Session, principal: Principal, spec: TrainSpec, settings: Settings
+) -> Admission:
+    """Training needs data with a train split (and room for a validation split), a ready
+    parent model to fine-tune if one is named, and a budget one job may take."""
+    dataset = get_dataset(session, principal, spec.dataset_id)
+    split = "train" if "train" in dataset.splits else "test"
+    examples = dataset.splits[split]
+    if examples < 10:
+        raise invalid("dataset_id", f"{examples} examples are too few to train on")
+    if examples > settings.max_examples_per_job:
+        raise invalid(
+            "dataset_id",
+            f"{examples} training examples; at most {settings.max_examples_per_job} per job",
+        )
+    if spec.fine_tune is not None:
+        parent = ready_model(session, principal, spec.fine_tune.model_id)
+        if list(dataset.example_shape) != list(parent.input_shape):
+            raise invalid(
+                "dataset_id",
+                f"examples have shape {dataset.example_shape} but the model expects "
+                f"{parent.input_shape}",
+            )
+        if dataset.num_classes > parent.num_classes:
+            raise invalid(
+                "dataset_id",
+                f"labels go up to {dataset.num_classes - 1} but the model has "
+                f"{parent.num_classes} classes",
+            )
+        input_range = (parent.input_range[0], parent.input_range[1])
+        num_classes, input_shape = parent.num_classes, list(parent.input_shape)
+    else:
+        input_range = (0.0, 1.0)
+        num_classes, input_shape = max(dataset.num_classes, 2), list(dataset.example_shape)
+    lower, upper = input_range
+    if dataset.value_range[0] < lower or dataset.value_range[1] > upper:
+        raise invalid(
+            "dataset_id",
+            f"values span {dataset.value_range}, outside the input range [{lower}, {upper}]",
+        )
+    eps = getattr(spec.method, "eps", None)
+    if eps is not None and getattr(spec.method, "norm", "linf") == "linf" and eps > upper - lower:
+        raise invalid("method.eps", f"eps {eps:g} is beyond the input range [{lower}, {upper}]")
+    gradients = spec.gradient_evaluations(examples)
+    if gradients > settings.max_gradients_per_job:
+        raise invalid(
+            "epochs",
+            f"this training plans {gradients:,} gradient computations (examples x epochs x the "
+            f"method's passes); the limit is {settings.max_gradients_per_job:,} per job",
+            code="budget_exceeded",
+        )
+    follow_up = spec.audit_spec("m_trained")
+    if follow_up is not None:
+        # The audit runs on the model this job makes: check it as if that model existed.
+        stand_in = Model(
+            id="m_trained",
+            tenant_id=principal.tenant_id,
+            input_shape=input_shape,
+            num_classes=num_classes,
+            input_range=[lower, upper],
+            status=ModelStatus.READY,
+        )
+        check_audit_fits(
+            follow_up, stand_in, get_dataset(session, principal, follow_up.dataset_id), settings
+        )
+    return Admission(
+        model_id=spec.fine_tune.model_id if spec.fine_tune else None, dataset_id=spec.dataset_id
+    )

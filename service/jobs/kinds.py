@@ -9,18 +9,22 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
 
-from service.jobs.admission import Admission, admit_audit
-from service.jobs.results import AuditResult, ValidationResult
+from service.jobs.admission import Admission, admit_audit, admit_train
+from service.jobs.results import AuditResult, TrainResult, ValidationResult
 from service.jobs.specs import AuditSpec, ValidateModelSpec
+from service.jobs.train_specs import TrainSpec
 from service.settings import Settings
 from service.tenants.service import Principal
 
 Admit = Callable[[Session, Principal, Any, Settings], Admission]
+
+# What POST /v1/jobs accepts: one spec per kind tenants submit, told apart by ``kind``.
+JobSpec = Annotated[AuditSpec | TrainSpec, Field(discriminator="kind")]
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,7 @@ KINDS: dict[str, JobKind] = {
     kind.name: kind
     for kind in (
         JobKind("audit", AuditSpec, AuditResult, admit_audit),
+        JobKind("train", TrainSpec, TrainResult, admit_train),
         JobKind("validate_model", ValidateModelSpec, ValidationResult, None),
     )
 }

@@ -334,3 +334,56 @@ def sanitized(document: Any, path: str = "") -> tuple[Any, list[str]]:
             found += where
         return items, found
     return document, []
+
+
+class EpochResult(BaseModel):
+    """One epoch of training, measured on the validation split."""
+
+    epoch: int
+    loss: float | None
+    clean_accuracy: float | None
+    robust_accuracy: float | None = Field(description="PGD accuracy on the validation split.")
+    fgsm_accuracy: float | None = None
+    lr: float
+    seconds: float = Field(description="Training time (validation excluded).")
+    validation_seconds: float = 0.0
+    gradient_computations: int = Field(
+        description="Forward-backward passes over examples: the cost figure that compares "
+        "methods (natural training does one per example per epoch)."
+    )
+
+
+class ModelScores(BaseModel):
+    """A model's accuracies on the validation split: what adversarial training buys and
+    what it does not (robustness to attacks is not robustness to natural shifts)."""
+
+    model_id: str | None
+    clean_accuracy: float
+    corruption_accuracy: float | None = Field(
+        description="Mean accuracy under Gaussian noise, blur, rotation and contrast."
+    )
+    robust_accuracy: float | None = Field(description="PGD-20 accuracy at the method's eps.")
+
+
+class TrainResult(BaseModel):
+    """What a training job produced: the registered model and how it got there."""
+
+    model_id: str = Field(description="The registered model (GET /v1/models/{id}).")
+    parent_model_id: str | None = None
+    dataset_id: str
+    method: str
+    epochs: list[EpochResult]
+    best_epoch: int | None = None
+    stopped_early: bool = False
+    resumed_from_epoch: int | None = Field(
+        None, description="The checkpoint a later attempt resumed from (a worker died)."
+    )
+    warnings: list[Warning_] = Field(default_factory=list)
+    scores: list[ModelScores] = Field(
+        default_factory=list, description="The trained model, and the model it started from."
+    )
+    gradient_computations: int
+    seconds: float
+    audit_job_id: str | None = Field(None, description="The audit of the trained model.")
+    artifacts: list[ArtifactRef] = Field(default_factory=list)
+    engine_version: str = ""

@@ -9,9 +9,9 @@ from fastapi.responses import HTMLResponse
 
 from service.deps import OptionalPrincipalDep, PrincipalDep, SessionDep, SettingsDep
 from service.jobs import repository, service
+from service.jobs.kinds import JobSpec
 from service.jobs.report import render_report
 from service.jobs.schemas import ArtifactRead, JobList, JobRead, ReportLink
-from service.jobs.specs import JobSpec
 from service.pagination import Cursor, Limit, next_cursor
 from service.problems import ProblemError, not_found
 from service.storage import get_store

@@ -14,8 +14,8 @@ from sqlalchemy.orm import Session
 from service.database import after_commit, session_scope, utcnow
 from service.engine import engine_version
 from service.jobs import repository
-from service.jobs.kinds import KINDS, user_kind, user_kinds
-from service.jobs.specs import JobSpec, request_hash
+from service.jobs.kinds import KINDS, JobSpec, user_kind, user_kinds
+from service.jobs.specs import request_hash
 from service.models import repository as models
 from service.problems import FieldError, ProblemError, invalid, not_found
 from service.queue import send_job

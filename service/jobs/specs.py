@@ -540,10 +540,6 @@ class ValidateModelSpec(_Strict):
     model_id: str
 
 
-# What POST /v1/jobs accepts; ``train`` and ``transfer`` join as a union on ``kind``.
-JobSpec = AuditSpec
-
-
 def request_hash(spec: BaseModel, engine_version: str) -> str:
     """A digest of a validated spec and the engine that will run it, to tell an idempotent
     replay from a different request (or from the same request to an older engine)."""

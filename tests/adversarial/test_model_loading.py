@@ -312,7 +312,7 @@ def _check_error(model: nn.Module, spec: ModelSpec = SPEC_8X8) -> ModelFormatErr
 def test_wrong_output_width_is_a_bad_output_shape() -> None:
     error = _check_error(ConstantOutput(width=9))
     assert error.code == "bad_output_shape"
-    assert "[4, 9]" in error.message
+    assert "[1, 9]" in error.message
     assert "[4, 10]" in error.message
 
 

@@ -71,6 +71,11 @@ class Channel:
             {"type": "progress", "fraction": float(fraction), "stage": stage, "message": message}
         )
 
+    def publish(self, name: str) -> None:
+        """Hand a finished file of the output folder to the parent now (a checkpoint), while
+        the task goes on; the parent moves it away."""
+        self.send({"type": "file", "name": name})
+
     def heartbeats(self) -> None:
         while True:
             time.sleep(HEARTBEAT_SECONDS)
@@ -163,6 +168,7 @@ def run_assignment(channel: Channel, assignment: dict[str, Any]) -> dict[str, An
             inputs,
             progress=channel.progress,
             output_dir=Path(assignment["output_dir"]),
+            publish=channel.publish,
         )
         message: dict[str, Any] = {"type": "result", "result": result}
         encode(message)  # a result that is not JSON is the task's error, not a crash

@@ -363,6 +363,31 @@ class Jail:
         for entry in entries:
             shutil.move(entry.path, output_dir / entry.name)
 
+    def _hand_over(
+        self, name: str, limits: JailLimits, on_file: Callable[[str, Path], None] | None
+    ) -> None:
+        """A file the running job published: checked as outputs are, given to ``on_file``,
+        then removed from the jail's output folder."""
+        if on_file is None:
+            raise JailError(errors.SANDBOX_VIOLATION, "The job published a file nobody takes.")
+        path = self.layout.outputs / name
+        try:
+            details = path.lstat()
+        except FileNotFoundError:
+            raise JailError(
+                errors.SANDBOX_VIOLATION, f"The job published {name!r}, which does not exist."
+            ) from None
+        if not stat.S_ISREG(details.st_mode) or details.st_nlink != 1:
+            raise JailError(
+                errors.SANDBOX_VIOLATION, f"The published {name!r} is not a plain file."
+            )
+        if limits.file_size_bytes is not None and details.st_size > limits.file_size_bytes:
+            raise JailError(errors.SANDBOX_VIOLATION, f"The published {name!r} is too large.")
+        try:
+            on_file(name, path)
+        finally:
+            path.unlink(missing_ok=True)
+
     def run(
         self,
         task: str,
@@ -374,6 +399,7 @@ class Jail:
         should_stop: Callable[[], bool] | None,
         output_dir: Path | None,
         on_long_run: Callable[[], None] | None = None,
+        on_file: Callable[[str, Path], None] | None = None,
     ) -> dict[str, Any]:
         """Assign the job and relay its messages until its result; see :func:`run_in_jail`."""
         self.wait_ready(limits, should_stop)
@@ -427,6 +453,8 @@ class Jail:
             for message in messages:
                 if message.type == "progress":
                     on_progress(message.fraction, message.stage, message.text)
+                elif message.type == "file":
+                    self._hand_over(message.text, limits, on_file)
                 elif message.type == "result":
                     assert message.result is not None
                     self.kill()
@@ -567,6 +595,7 @@ def run_in_jail(
     should_stop: Callable[[], bool] | None = None,
     output_dir: Path | None = None,
     pool: JailPool | None = None,
+    on_file: Callable[[str, Path], None] | None = None,
 ) -> dict[str, Any]:
     """Run ``task`` (a name in ``worker.jail.tasks.TASKS``) in a fresh jail; return its result.
 
@@ -584,6 +613,9 @@ def run_in_jail(
         output_dir: where the files the task wrote to its output folder are moved after
             success (discarded when None).
         pool: where the jail comes from (the default configuration's pool when None).
+        on_file: called in this thread with ``(name, path)`` for each file the task publishes
+            while it runs (a checkpoint); the file is removed after the call, so the callback
+            copies what it keeps.
 
     Exceptions raised by ``on_progress`` or ``should_stop`` (a lease lost, a job cancelled)
     propagate after the jail is killed.
@@ -616,6 +648,7 @@ def run_in_jail(
             should_stop=should_stop,
             output_dir=output_dir,
             on_long_run=prestart,
+            on_file=on_file,
         )
     finally:
         jail.close()

@@ -11,6 +11,7 @@ messages)::
     {"type": "ready", "pid": 2}
     {"type": "progress", "fraction": 0.5, "stage": "pgd", "message": "eps 0.1"}
     {"type": "heartbeat"}
+    {"type": "file", "name": "checkpoint.bin"}    (a finished file in the output folder)
     {"type": "result", "result": {...}}
     {"type": "error", "code": "forward_failed", "message": "..."}
 
@@ -27,7 +28,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-MESSAGE_TYPES = ("ready", "progress", "heartbeat", "result", "error")
+MESSAGE_TYPES = ("ready", "progress", "heartbeat", "file", "result", "error")
+FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 CODE_PATTERN = re.compile(r"[a-z][a-z0-9_]{0,63}")
 MAX_STAGE_CHARS = 100
 MAX_PROGRESS_MESSAGE_CHARS = 1000
@@ -114,6 +116,12 @@ def parse_message(line: bytes) -> Message:
             stage=_text(document, "stage", MAX_STAGE_CHARS),
             text=_text(document, "message", MAX_PROGRESS_MESSAGE_CHARS),
         )
+    if kind == "file":
+        _keys(document, {"type", "name"})
+        name = document.get("name")
+        if not isinstance(name, str) or not FILE_NAME.fullmatch(name):
+            raise ProtocolViolation("a file message needs a plain file name")
+        return Message(type="file", text=name)
     if kind == "result":
         _keys(document, {"type", "result"})
         result = document.get("result")

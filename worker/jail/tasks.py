@@ -27,6 +27,8 @@ from adversarial.models.loading import ModelSpec, check_model, load_model
 from adversarial.models.wrapper import InputSpaceModel
 
 Progress = Callable[[float, str, str], None]
+# publish(name): hand a finished file of the output folder to the parent while running.
+Publish = Callable[[str], None]
 
 
 class Task(Protocol):
@@ -39,6 +41,7 @@ class Task(Protocol):
         *,
         progress: Progress,
         output_dir: Path,
+        publish: Publish,
     ) -> dict[str, Any]: ...
 
 
@@ -83,7 +86,12 @@ def load_jailed_model(payload: dict[str, Any], inputs: dict[str, Path]) -> Input
 
 
 def validate_model(
-    payload: dict[str, Any], inputs: dict[str, Path], *, progress: Progress, output_dir: Path
+    payload: dict[str, Any],
+    inputs: dict[str, Path],
+    *,
+    progress: Progress,
+    output_dir: Path,
+    publish: Publish | None = None,
 ) -> dict[str, Any]:
     """Load the model and run one real forward pass against its declared shapes.
 
@@ -102,7 +110,12 @@ def validate_model(
 
 
 def predict(
-    payload: dict[str, Any], inputs: dict[str, Path], *, progress: Progress, output_dir: Path
+    payload: dict[str, Any],
+    inputs: dict[str, Path],
+    *,
+    progress: Progress,
+    output_dir: Path,
+    publish: Publish | None = None,
 ) -> dict[str, Any]:
     """The model's predictions for the examples in ``inputs["examples"]`` (an ``.npy``
     float32 array ``[N, C, H, W]``), in batches of ``batch_size`` (default 256).
@@ -169,7 +182,12 @@ def read_examples(path: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 def audit(
-    payload: dict[str, Any], inputs: dict[str, Path], *, progress: Progress, output_dir: Path
+    payload: dict[str, Any],
+    inputs: dict[str, Path],
+    *,
+    progress: Progress,
+    output_dir: Path,
+    publish: Publish | None = None,
 ) -> dict[str, Any]:
     """The whole audit pipeline (:func:`adversarial.audit.audit`) on the model.
 
@@ -226,7 +244,12 @@ def _write(path: str) -> str:
 
 
 def inspect_environment(
-    payload: dict[str, Any], inputs: dict[str, Path], *, progress: Progress, output_dir: Path
+    payload: dict[str, Any],
+    inputs: dict[str, Path],
+    *,
+    progress: Progress,
+    output_dir: Path,
+    publish: Publish | None = None,
 ) -> dict[str, Any]:
     """Diagnostics: what this jail sees and may do (tests, and operators checking a
     deployment). Payload: optional ``paths`` to test for existence and reading, ``write``
