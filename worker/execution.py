@@ -16,7 +16,7 @@ from service.database import session_scope
 from service.jobs import repository
 from service.jobs.results import sanitized
 from service.settings import Settings, get_settings
-from service.tables import JobStatus
+from service.tables import Job, JobStatus
 from worker.lease import JobCancelled, Lease, LeaseLost
 from worker.runners import RUNNERS
 
@@ -43,8 +43,14 @@ def execute_job(job_id: str, *, settings: Settings | None = None, owner: str | N
     if not lease.claim():
         logger.info("job %s: not claimable (running elsewhere, finished or gone)", job_id)
         return "skipped"
-    with session_scope() as session:
-        job = repository.get_any(session, job_id)
+
+    def read() -> Job | None:
+        with session_scope() as session:
+            return repository.get_any(session, job_id)
+
+    # The job is ours now: a blip here must not leave it running with nobody running it
+    # (its lease would expire and it would run again as a new attempt).
+    job = lease.retry(read)
     assert job is not None
     runner = RUNNERS.get(job.kind)
     logger.info(
