@@ -75,6 +75,11 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         },
         "worker_hijack_root_logger": False,
         "worker_send_task_events": False,
+        # A broker blip must not stop a running job: with True (Celery 6's default) a lost
+        # connection cancels every running acks_late task, and the job runs again as a new
+        # attempt once its lease expires (tests/e2e/test_infrastructure_blips.py). The job's
+        # lease in the database, not the broker's message, says who runs it.
+        "worker_cancel_long_running_tasks_on_connection_loss": False,
     }
 
 

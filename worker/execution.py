@@ -44,8 +44,14 @@ def execute_job(job_id: str, *, settings: Settings | None = None, owner: str | N
     if not lease.claim():
         logger.info("job %s: not claimable (running elsewhere, finished or gone)", job_id)
         return "skipped"
-    with session_scope() as session:
-        job = repository.get_any(session, job_id)
+
+    def read() -> Job | None:
+        with session_scope() as session:
+            return repository.get_any(session, job_id)
+
+    # The job is ours now: a blip here must not leave it running with nobody running it
+    # (its lease would expire and it would run again as a new attempt).
+    job = lease.retry(read)
     assert job is not None
     logger.info(
         "job %s (%s): claimed by %s, attempt %d", job_id, job.kind, lease.owner, job.attempt

@@ -479,3 +479,28 @@ def test_the_final_write_is_retried_while_the_lease_lasts(
     monkeypatch.setattr(repository, "finish", flaky)
     assert lease.finish(JobStatus.SUCCEEDED, result={"ok": True})
     assert job_row(job_id).status == JobStatus.SUCCEEDED
+
+
+def test_a_database_blip_right_after_the_claim_costs_no_attempt(
+    settings, ready_model, monkeypatch
+) -> None:
+    from sqlalchemy.exc import OperationalError
+
+    tenant, model_id = ready_model
+    job_id = queued_job(settings, tenant.id, audit_spec(model_id, limit=20))
+    read_job = repository.get_any
+    reads: list[str] = []
+
+    def unreachable_once(session, wanted: str):
+        # The connection drops just after the claim committed (a database restart).
+        reads.append(wanted)
+        if len(reads) == 1:
+            raise OperationalError("SELECT jobs", {}, ConnectionError("server closed"))
+        return read_job(session, wanted)
+
+    monkeypatch.setattr(repository, "get_any", unreachable_once)
+    assert execute_job(job_id) == "succeeded"
+    assert reads[:2] == [job_id, job_id]  # the read was tried again, not given up
+    job = job_row(job_id)
+    assert job.status == JobStatus.SUCCEEDED
+    assert job.attempt == 1
