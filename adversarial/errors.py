@@ -18,3 +18,7 @@ class ModelFormatError(EngineInputError):
 
 class DatasetError(EngineInputError):
     """A dataset that cannot be used as declared."""
+
+
+class TrainingError(EngineInputError):
+    """A training request that cannot run as given: bad configuration, data or checkpoint."""
