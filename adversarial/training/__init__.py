@@ -34,6 +34,7 @@ from adversarial.training.overfitting import (
     RobustnessCheck,
     detect_catastrophic_overfitting,
 )
+from adversarial.training.recommended import RecommendedSettings, recommended_settings
 from adversarial.training.records import BestSoFar, EpochRecord, TrainingResult, TrainingWarning
 from adversarial.training.rng import derive_seed, seeded_initialization
 from adversarial.training.schedules import (
@@ -73,6 +74,7 @@ __all__ = [
     "OptimizerConfig",
     "OverfittingRule",
     "PGDConfig",
+    "RecommendedSettings",
     "ProgressCallback",
     "RobustnessCheck",
     "SGDConfig",
@@ -93,6 +95,7 @@ __all__ = [
     "last_layer",
     "learning_rate",
     "method_config",
+    "recommended_settings",
     "seeded_initialization",
     "train",
 ]

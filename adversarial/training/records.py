@@ -27,6 +27,8 @@ class EpochRecord:
             detector compares it with ``robust_accuracy``).
         lr: the learning rate of the epoch's last update.
         seconds: wall time of the epoch's training (validation excluded).
+        cpu_seconds: CPU time the training thread used in that time (on a CPU shared with
+            other processes, the steadier cost figure; on a GPU it misses the device's work).
         validation_seconds: wall time of the validation after the epoch.
         gradient_computations: per-example backward passes of the epoch's training; see
             :mod:`adversarial.training.counting`.
@@ -41,6 +43,7 @@ class EpochRecord:
     fgsm_accuracy: float | None
     lr: float
     seconds: float
+    cpu_seconds: float
     validation_seconds: float
     gradient_computations: int
     validation_gradient_computations: int
@@ -98,6 +101,7 @@ class TrainingResult:
     Attributes:
         records: one per loop epoch run (including epochs before a resume).
         seconds: total training wall time (validation excluded), over ``records``.
+        cpu_seconds: total CPU time of the training thread, over ``records``.
         validation_seconds: total validation wall time.
         gradient_computations: total per-example backward passes of training.
         best: the best epoch by validation robust accuracy (None without validation).
@@ -110,6 +114,7 @@ class TrainingResult:
 
     records: list[EpochRecord]
     seconds: float
+    cpu_seconds: float
     validation_seconds: float
     gradient_computations: int
     best: BestSoFar | None

@@ -53,6 +53,11 @@ class FreeConfig(AdversarialConfig):
             raise bad_config("free step_size must be > 0.")
 
 
+def _memory_format(x: torch.Tensor) -> torch.memory_format:
+    channels_last = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
 class FreeTraining(Method[FreeConfig]):
     """Free-AT: m replays per minibatch, one backward pass each, a carried perturbation."""
 
@@ -78,19 +83,19 @@ class FreeTraining(Method[FreeConfig]):
         if self.perturbation is None:
             self.perturbation = torch.zeros(
                 (self.context.batch_size, *x.shape[1:]), dtype=x.dtype, device=x.device
-            )
+            ).contiguous(memory_format=_memory_format(x))
         delta = self.perturbation[:count]
         total = torch.zeros((), dtype=x.dtype, device=x.device)
         for _ in range(self.config.replays):
+            # As in Shafahi et al.'s code, delta stays in the ball and x + delta is clipped
+            # to the input range where it is used (delta goes on to other images).
             x_adv = threat.clip_range(x + delta).requires_grad_(True)
             loss = cross_entropy(model(x_adv), y)
             # The one backward pass: the weight gradient for this update, and on x_adv the
             # input gradient for the perturbation's ascent step.
             updater.update(loss)
-            moved = threat.project(
-                threat.step(x_adv.detach(), accumulated_input_gradient(x_adv), self.step_size), x
-            )
-            delta.copy_(moved - x)
+            grad = accumulated_input_gradient(x_adv)
+            delta.copy_(threat.project_perturbation_(threat.step(delta, grad, self.step_size)))
             total += loss.detach()
         return total / self.config.replays
 
