@@ -38,3 +38,7 @@ class ModelTooLargeError(ModelFormatError):
         self.limit = limit
         self.value = value
         self.maximum = maximum
+
+
+class TrainingError(EngineInputError):
+    """A training request that cannot run as given: bad configuration, data or checkpoint."""

@@ -53,6 +53,15 @@ class ThreatModel(ABC):
     def distance(self, x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Per-example perturbation size ``||x_adv - x||`` in this norm, shape ``[N]``."""
 
+    @abstractmethod
+    def project_perturbation_(self, delta: torch.Tensor) -> torch.Tensor:
+        """Project the perturbations ``delta`` ``[N, ...]`` onto the ball, in place.
+
+        The input range is not considered (there is no clean input): callers that carry a
+        perturbation across inputs (Free-AT) clip ``x + delta`` to the range when they use
+        it. Returns ``delta``.
+        """
+
     def clip_range(self, x: torch.Tensor) -> torch.Tensor:
         """Clamp ``x`` to the model's input range."""
         return x.clamp(self.lower, self.upper)
@@ -79,6 +88,9 @@ class LinfBall(ThreatModel):
 
     def distance(self, x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return (x_adv - x).flatten(1).abs().amax(dim=1)
+
+    def project_perturbation_(self, delta: torch.Tensor) -> torch.Tensor:
+        return delta.clamp_(-self.eps, self.eps)
 
 
 class L2Ball(ThreatModel):
@@ -109,6 +121,11 @@ class L2Ball(ThreatModel):
     def distance(self, x_adv: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         norms: torch.Tensor = torch.linalg.vector_norm((x_adv - x).flatten(1), dim=1)
         return norms
+
+    def project_perturbation_(self, delta: torch.Tensor) -> torch.Tensor:
+        norms = delta.flatten(1).norm(dim=1)
+        factor = torch.clamp(self.eps / (norms + _TINY), max=1.0)
+        return delta.mul_(_per_example_view(factor, delta))
 
 
 THREAT_MODELS: dict[str, type[ThreatModel]] = {"linf": LinfBall, "l2": L2Ball}
