@@ -357,6 +357,7 @@ class ModelScores(BaseModel):
     """A model's accuracies on the validation split: what adversarial training buys and
     what it does not (robustness to attacks is not robustness to natural shifts)."""
 
+    role: str = Field(description="trained, or parent (the model it was fine-tuned from).")
     model_id: str | None
     clean_accuracy: float
     corruption_accuracy: float | None = Field(
@@ -365,10 +366,24 @@ class ModelScores(BaseModel):
     robust_accuracy: float | None = Field(description="PGD-20 accuracy at the method's eps.")
 
 
+class RegisteredModel(BaseModel):
+    """The model a training job registered, as its row describes it."""
+
+    format: str
+    architecture: dict[str, Any] | None
+    input_shape: list[int]
+    num_classes: int
+    input_range: list[float]
+    normalization: dict[str, Any] | None
+    file_sha256: str
+    file_size: int
+
+
 class TrainResult(BaseModel):
     """What a training job produced: the registered model and how it got there."""
 
     model_id: str = Field(description="The registered model (GET /v1/models/{id}).")
+    model: RegisteredModel | None = None
     parent_model_id: str | None = None
     dataset_id: str
     method: str

@@ -54,6 +54,7 @@ def create_job(
     engine: str | None = None,
     parent_id: str | None = None,
     waits_for_parts: bool = False,
+    job_id: str | None = None,
 ) -> Job:
     """Stage a queued job; its id goes to the broker once the transaction commits.
 
@@ -62,7 +63,7 @@ def create_job(
     last one to finish queues it (:func:`finish_part`).
     """
     job = Job(
-        id=new_id("j"),
+        id=job_id or new_id("j"),
         tenant_id=tenant_id,
         kind=kind,
         spec=spec,

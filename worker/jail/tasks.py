@@ -211,6 +211,134 @@ def audit(
     return {**outcome_document(outcome), "device": str(device)}
 
 
+def train(
+    payload: dict[str, Any],
+    inputs: dict[str, Path],
+    *,
+    progress: Progress,
+    output_dir: Path,
+    publish: Publish | None = None,
+) -> dict[str, Any]:
+    """A training job (:func:`adversarial.training.job.run_training`).
+
+    Payload: ``plan`` (``TrainingPlan.to_json``), ``device``, and the model to start from:
+    ``architecture`` ``{name, kwargs}`` with ``input_shape`` and ``num_classes``, or ``spec``
+    and ``max_bytes`` of the ``model`` input (a fine-tune; ``onnx``, ``safetensors`` or
+    ``pt``). Inputs: ``examples``, ``model`` (fine-tune), ``checkpoint`` (a resume).
+
+    Every epoch's checkpoint is published as ``checkpoint.bin``. The trained model is left
+    in ``model.safetensors`` (a zoo architecture's state_dict) or ``model.onnx`` (a
+    fine-tuned ONNX graph: the user's graph with new weights), and a zoo model also as
+    ``export.onnx``; each is loaded back and checked before the result is returned.
+    """
+    from safetensors.torch import save as save_safetensors
+
+    from adversarial.models.export import export_onnx
+    from adversarial.models.onnx import OnnxGraphModule, export_onnx_with_weights
+    from adversarial.models.zoo import build_architecture
+    from adversarial.training.job import TrainingPlan, outcome_document, run_training
+    from adversarial.training.rng import seeded_initialization
+
+    plan = TrainingPlan.from_json(payload["plan"])
+    device = select_device(str(payload.get("device", "cpu")))
+    progress(0.0, "loading", "loading the model and the data")
+    original: bytes | None = None
+    if payload.get("architecture") is not None:
+        architecture = payload["architecture"]
+        shape = tuple(int(d) for d in payload["input_shape"])
+        with seeded_initialization(plan.seed):
+            network = build_architecture(
+                str(architecture["name"]),
+                dict(architecture.get("kwargs") or {}),
+                shape,
+                int(payload["num_classes"]),
+            )
+        model = InputSpaceModel(
+            network,
+            input_shape=shape,
+            num_classes=int(payload["num_classes"]),
+            input_range=plan.input_range,
+        )
+        spec = ModelSpec(
+            "safetensors",
+            (shape[0], shape[1], shape[2]),
+            int(payload["num_classes"]),
+            input_range=plan.input_range,
+            architecture=str(architecture["name"]),
+            architecture_kwargs=dict(architecture.get("kwargs") or {}),
+        )
+    else:
+        spec = ModelSpec.from_json(payload["spec"])
+        if spec.format not in ("onnx", "safetensors", "pt"):
+            raise ModelFormatError(
+                "fine_tune_format",
+                f"{spec.format} models cannot be fine-tuned (their weights "
+                "cannot be written back); upload ONNX or a state_dict",
+            )
+        original = read_input(inputs["model"], int(payload["max_bytes"]))
+        model = load_model(original, spec, max_bytes=int(payload["max_bytes"]))
+    x, y, _ids = read_examples(inputs["examples"])
+    resume = inputs["checkpoint"].read_bytes() if "checkpoint" in inputs else None
+
+    def on_checkpoint(data: bytes, epoch: int) -> None:
+        if publish is None:
+            return
+        partial = output_dir / "checkpoint.partial"
+        partial.write_bytes(data)
+        partial.rename(output_dir / "checkpoint.bin")
+        publish("checkpoint.bin")
+
+    outcome = run_training(
+        model,
+        x,
+        y,
+        plan,
+        device=device,
+        progress=progress,
+        on_checkpoint=on_checkpoint,
+        resume=resume,
+        score_parent=original is not None,
+    )
+    model.cpu().eval()
+    graphs = [m for m in model.modules() if isinstance(m, OnnxGraphModule)]
+    if graphs:
+        assert original is not None
+        trained = export_onnx_with_weights(original, graphs[0])
+        registered = ("model.onnx", trained, spec)
+    else:
+        trained = save_safetensors(
+            {k: v.contiguous() for k, v in model.network.state_dict().items()}
+        )
+        registered = ("model.safetensors", trained, _as_safetensors(spec))
+        (output_dir / "export.onnx").write_bytes(export_onnx(model, spec.input_shape))
+    name, data, registered_spec = registered
+    # The file as it will be registered must load and give the trained model's logits.
+    reloaded = load_model(data, registered_spec, max_bytes=max(len(data) + 1, 2**20))
+    check_model(reloaded, registered_spec)
+    probe = x[: min(16, x.shape[0])]
+    with torch.no_grad():
+        if not torch.allclose(reloaded(probe), model(probe), rtol=1e-4, atol=1e-5):
+            raise ModelFormatError("export_mismatch", "the saved model's logits differ")
+    (output_dir / name).write_bytes(data)
+    return {
+        **outcome_document(outcome),
+        "model_file": name,
+        "model_format": registered_spec.format,
+        "architecture": None
+        if registered_spec.architecture is None
+        else {
+            "name": registered_spec.architecture,
+            "kwargs": dict(registered_spec.architecture_kwargs),
+        },
+        "device": str(device),
+    }
+
+
+def _as_safetensors(spec: ModelSpec) -> ModelSpec:
+    """A state_dict spec (``pt`` or ``safetensors``) as the safetensors it is saved as."""
+    return ModelSpec.from_json({**spec.to_json(), "format": "safetensors"})
+
+
 def _attempt(action: Callable[[], object]) -> str:
     try:
         action()
@@ -291,6 +419,7 @@ def inspect_environment(
 TASKS: dict[str, Task] = {
     "validate_model": validate_model,
     "audit": audit,
+    "train": train,
     "predict": predict,
     "inspect": inspect_environment,
 }

@@ -2,10 +2,12 @@
 
 from worker.runners.audit import AuditRunner
 from worker.runners.base import Runner
+from worker.runners.train import TrainRunner
 from worker.runners.validate_model import ValidateModelRunner
 
 RUNNERS: dict[str, Runner] = {
     "audit": AuditRunner(),
+    "train": TrainRunner(),
     "validate_model": ValidateModelRunner(),
 }
 
