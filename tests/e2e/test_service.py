@@ -8,6 +8,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 
 from adversarial.datasets import load_builtin
 from adversarial.evaluation import AttackConfig, evaluate
@@ -145,7 +146,7 @@ def test_worker_killed_mid_audit_finishes_once_on_a_new_worker(live_service: Liv
     from worker.loading import subset
 
     x, y = load_builtin("digits", "test")
-    x, y, _ = subset(x, y, 200, 5)
+    x, y, indices = subset(x, y, 200, 5)
     direct = evaluate(
         load_model(digits_onnx(), ModelSpec("onnx", (1, 8, 8), 10)),
         x,
@@ -157,6 +158,7 @@ def test_worker_killed_mid_audit_finishes_once_on_a_new_worker(live_service: Liv
         ],
         num_classes=10,
         seed=5,
+        example_ids=torch.from_numpy(indices),
     )
     assert job["result"]["attacks"][0]["robust_accuracy"] == direct.outcomes[0].robust_accuracy
 
