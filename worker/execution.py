@@ -15,7 +15,7 @@ from adversarial.errors import EngineInputError
 from service.database import session_scope
 from service.jobs import repository
 from service.jobs.results import sanitized
-from service.jobs.service import finish_part
+from service.jobs.service import dispatch, finish_part
 from service.settings import Settings, get_settings
 from service.tables import Job, JobStatus
 from worker.lease import JobCancelled, Lease, LeaseLost
@@ -82,6 +82,17 @@ def _run_claimed(job: Job, lease: Lease, settings: Settings) -> str:
         except EngineInputError as exc:
             error = {"code": exc.code, "message": exc.message}
         except SoftTimeLimitExceeded:
+            if getattr(runner, "resumable", False) and lease.artifacts_written:
+                # A long job (days of training) outlives any one run's time limit: it saved
+                # a checkpoint during this run, so it goes back in line and continues from
+                # it, without spending an attempt (attempts count worker deaths).
+                if lease.continue_later(
+                    f"continuing from its last checkpoint after the "
+                    f"{settings.job_time_limit_seconds:g} s limit of one run"
+                ):
+                    dispatch(job_id)
+                    return "continued"
+                return "lease_lost"
             error = {
                 "code": "time_limit",
                 "message": f"the job ran past {settings.job_time_limit_seconds:g} s",

@@ -65,6 +65,7 @@ class Lease:
         self._last_progress = 0.0
         self._progress_failures = 0
         self._progress_retry_at = 0.0
+        self.artifacts_written = 0
         # When the lease runs out if no heartbeat gets through (monotonic clock).
         self._held_until = 0.0
 
@@ -197,7 +198,24 @@ class Lease:
         if not self.retry(record):
             self._lost.set()
             raise LeaseLost(self.job_id)
+        self.artifacts_written += 1
         return {"name": name, "sha256": sha256, "size": size, "content_type": content_type}
+
+    def continue_later(self, message: str) -> bool:
+        """Put the job back in line to continue in a new run (from what it saved), without
+        counting this run as an attempt; ``False`` if the lease was lost."""
+
+        def write() -> bool:
+            with session_scope() as session:
+                return repository.requeue_to_continue(
+                    session,
+                    self.job_id,
+                    self.owner,
+                    utcnow(),
+                    {"fraction": 0.0, "stage": "queued", "message": message},
+                )
+
+        return self.retry(write)
 
     def read_artifact(self, name: str) -> bytes | None:
         """The bytes of the job's artifact ``name`` (from an earlier attempt), if any."""

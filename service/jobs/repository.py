@@ -300,6 +300,27 @@ def replace_artifact(session: Session, artifact: Artifact) -> None:
     add_artifact(session, artifact)
 
 
+def requeue_to_continue(
+    session: Session, job_id: str, owner: str, now: dt.datetime, progress: dict[str, Any]
+) -> bool:
+    """Queue a running job again to continue in a new run; the run does not count as an
+    attempt (the next claim counts it again)."""
+    return _changed(
+        session,
+        update(Job)
+        .where(*_owned(job_id, owner))
+        .values(
+            status=JobStatus.QUEUED,
+            attempt=Job.attempt - 1,
+            lease_owner=None,
+            lease_expires_at=None,
+            enqueued_at=None,
+            progress=progress,
+            updated_at=now,
+        ),
+    )
+
+
 def add_artifact(session: Session, artifact: Artifact) -> None:
     """Stage an artifact row."""
     session.add(artifact)

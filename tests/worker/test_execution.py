@@ -504,3 +504,44 @@ def test_a_database_blip_right_after_the_claim_costs_no_attempt(
     job = job_row(job_id)
     assert job.status == JobStatus.SUCCEEDED
     assert job.attempt == 1
+
+
+class _LongRunner:
+    """Saves a checkpoint, then hits the run's time limit (the first time only)."""
+
+    resumable = True
+
+    def __init__(self) -> None:
+        self.runs = 0
+
+    def run(self, job, lease):  # type: ignore[no-untyped-def]
+        from celery.exceptions import SoftTimeLimitExceeded
+
+        self.runs += 1
+        saved = lease.read_artifact("checkpoint.bin")
+        if saved is None:
+            lease.put_artifact("checkpoint.bin", b"epoch 1", "application/octet-stream")
+            raise SoftTimeLimitExceeded()
+        return {"resumed_from": saved.decode()}
+
+    def on_success(self, session, job, result) -> None:  # type: ignore[no-untyped-def]
+        return None
+
+    def on_failure(self, session, job, error) -> None:  # type: ignore[no-untyped-def]
+        return None
+
+
+def test_a_long_job_continues_past_the_time_limit_from_its_checkpoint(
+    settings, ready_model, monkeypatch
+) -> None:
+    tenant, model_id = ready_model
+    job_id = queued_job(settings, tenant.id, audit_spec(model_id))
+    runner = _LongRunner()
+    monkeypatch.setitem(RUNNERS, "audit", runner)
+    assert execute_job(job_id) == "continued"
+    job = job_row(job_id)
+    assert (job.status, job.attempt) == (JobStatus.QUEUED, 0)  # the run cost no attempt
+    assert "continuing from its last checkpoint" in job.progress["message"]
+    assert execute_job(job_id) == "succeeded"
+    job = job_row(job_id)
+    assert (job.attempt, job.result, runner.runs) == (1, {"resumed_from": "epoch 1"}, 2)

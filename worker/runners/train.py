@@ -63,6 +63,9 @@ def training_plan(spec: TrainSpec, input_range: tuple[float, float]) -> Training
 class TrainRunner:
     """Runs a train spec in the jail and registers the model it produces."""
 
+    # Past one run's time limit, a run that saved a checkpoint continues in a new run.
+    resumable = True
+
     def run(self, job: Job, lease: Lease) -> dict[str, Any]:
         started = time.perf_counter()
         settings = get_settings()
@@ -99,7 +102,9 @@ class TrainRunner:
             )
         else:
             payload.update(jailed_model(parent, settings))
-        resume = lease.read_artifact(CHECKPOINT) if job.attempt > 1 else None
+        # A checkpoint of an earlier run of this job (a worker died, or the run hit its time
+        # limit): continue from it.
+        resume = lease.read_artifact(CHECKPOINT)
 
         def keep_checkpoint(name: str, path: Path) -> None:
             if name == CHECKPOINT:
