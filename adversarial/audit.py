@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from adversarial.checks import Finding, large_eps_check, model_checks, result_checks
+from adversarial.corruptions import CorruptionReport, corruption_accuracy
 from adversarial.evaluation import AttackConfig, EvaluationResult, ProgressCallback, evaluate
 
 
@@ -33,6 +34,7 @@ class AuditConfig:
     seed: int = 0
     batch_size: int | None = None
     checks: bool = True
+    corruptions: bool = False
 
     def to_json(self) -> dict[str, Any]:
         """The config as JSON (a jail's payload); :meth:`from_json` reads it back."""
@@ -46,6 +48,7 @@ class AuditConfig:
             "seed": self.seed,
             "batch_size": self.batch_size,
             "checks": self.checks,
+            "corruptions": self.corruptions,
         }
 
     @classmethod
@@ -67,6 +70,7 @@ class AuditConfig:
             seed=int(document["seed"]),
             batch_size=None if document.get("batch_size") is None else int(document["batch_size"]),
             checks=bool(document.get("checks", True)),
+            corruptions=bool(document.get("corruptions", False)),
         )
 
 
@@ -78,6 +82,7 @@ class AuditOutcome:
     findings: list[Finding]
     large_eps_accuracy: float | None
     per_sample: dict[str, np.ndarray] = field(default_factory=dict)
+    corruptions: CorruptionReport | None = None
     seconds: float = 0.0
 
 
@@ -143,10 +148,23 @@ def audit(
                 example_ids=ids[correct],
             )
             findings += large_eps_findings
+    corruptions = None
+    if config.corruptions:
+        report(1.0, "corruptions", "accuracy under natural corruptions")
+        corruptions = corruption_accuracy(
+            model,
+            x,
+            y,
+            seed=config.seed,
+            device=device,
+            input_range=config.input_range,
+            batch_size=config.batch_size or 256,
+        )
     return AuditOutcome(
         evaluation=evaluation,
         findings=findings,
         large_eps_accuracy=large_eps_accuracy,
+        corruptions=corruptions,
         per_sample=per_sample_arrays(evaluation, ids.numpy(), x.numpy(), y.numpy()),
         seconds=time.perf_counter() - started,
     )
@@ -235,6 +253,16 @@ def outcome_document(outcome: AuditOutcome) -> dict[str, Any]:
             {"norm": n.norm, "eps": n.eps, "accuracy": n.accuracy} for n in evaluation.noise
         ],
         "large_eps_accuracy": outcome.large_eps_accuracy,
+        "corruptions": [
+            {
+                "corruption": r.corruption,
+                "severity": r.severity,
+                "parameter": r.parameter,
+                "accuracy": r.accuracy,
+            }
+            for r in (outcome.corruptions.results if outcome.corruptions else [])
+        ],
+        "corruption_accuracy": outcome.corruptions.mean_accuracy if outcome.corruptions else None,
         "warnings": [{"code": f.code, "message": f.message} for f in outcome.findings],
         "batch_size": evaluation.batch_size,
         "final_batch_size": evaluation.final_batch_size,

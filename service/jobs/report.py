@@ -11,7 +11,7 @@ import numpy as np
 
 from service.jobs.charts import Series, bar_chart, line_chart
 from service.jobs.images import perturbation_pixels, png_bytes, to_pixels
-from service.jobs.results import AuditResult
+from service.jobs.results import AuditResult, TrainResult
 from service.jobs.schemas import JobRead
 
 GALLERY_SIZE = 8
@@ -246,6 +246,24 @@ def _audit_sections(
             "gradient masking or failing attacks.</p>"
         )
     parts.append(_curves(result))
+    if result.get("corruptions"):
+        parts.append(
+            f"<h2>Natural corruptions: {_pct(result.get('corruption_accuracy'))} on average</h2>"
+        )
+        parts.append(
+            _table(
+                ["corruption", "severity", "parameter", "accuracy"],
+                [
+                    [
+                        escape(c["corruption"]),
+                        str(c["severity"]),
+                        f"{c['parameter']:g}",
+                        _pct(c["accuracy"]),
+                    ]
+                    for c in result["corruptions"]
+                ],
+            )
+        )
     parts.append("<h2>Attacks</h2>")
     rows = []
     for a in result["attacks"]:
@@ -317,6 +335,86 @@ def _audit_sections(
     return "".join(parts)
 
 
+def _training_sections(result: Mapping[str, Any]) -> str:
+    epochs = result.get("epochs", [])
+    parts = [
+        f"<p>Method <b>{escape(result['method'])}</b> on <code>{escape(result['dataset_id'])}"
+        f"</code>: {len(epochs)} epoch(s), {result['gradient_computations']:,} gradient "
+        f"computations, {result['seconds']:.1f} s. Registered model "
+        f"<code>{escape(result['model_id'])}</code>"
+        + (
+            f", fine-tuned from <code>{escape(result['parent_model_id'])}</code>"
+            if result.get("parent_model_id")
+            else ""
+        )
+        + (
+            f"; audit job <code>{escape(result['audit_job_id'])}</code>"
+            if result.get("audit_job_id")
+            else ""
+        )
+        + ".</p>"
+    ]
+    for warning in result.get("warnings", []):
+        parts.append(
+            f"<div class='warn'><b>{escape(warning['code'])}</b>: "
+            f"{escape(warning['message'])}</div>"
+        )
+    if result.get("resumed_from_epoch") is not None:
+        parts.append(
+            f"<div class='note'>Resumed from the checkpoint after epoch "
+            f"{result['resumed_from_epoch']} (an earlier run of this job stopped).</div>"
+        )
+    scores = result.get("scores", [])
+    if scores:
+        parts.append(
+            "<h2>What the training bought</h2><p>On the validation split: accuracy on clean "
+            "inputs, under natural corruptions (noise, blur, rotation, contrast) and under "
+            "PGD-20. Adversarial training buys the last, not the middle one.</p>"
+        )
+        parts.append(
+            _table(
+                ["model", "clean", "corruptions", "PGD-20"],
+                [
+                    [
+                        f"{escape(s['role'])} <code>{escape(s.get('model_id') or '')}</code>",
+                        _pct(s["clean_accuracy"]),
+                        _pct(s.get("corruption_accuracy")),
+                        _pct(s.get("robust_accuracy")),
+                    ]
+                    for s in scores
+                ],
+            )
+        )
+    if epochs:
+        xs = [float(e["epoch"]) + 1 for e in epochs]
+        series = [
+            Series("clean", xs, [e["clean_accuracy"] for e in epochs]),
+            Series("PGD", xs, [e["robust_accuracy"] for e in epochs]),
+        ]
+        if any(e.get("fgsm_accuracy") is not None for e in epochs):
+            series.append(Series("FGSM", xs, [e.get("fgsm_accuracy") for e in epochs], True))
+        parts.append("<h2>Training curves</h2>")
+        parts.append(line_chart("validation accuracy per epoch", series, "epoch"))
+        parts.append(
+            _table(
+                ["epoch", "loss", "clean", "PGD", "lr", "seconds", "gradient computations"],
+                [
+                    [
+                        str(e["epoch"] + 1),
+                        "n/a" if e["loss"] is None else f"{e['loss']:.4f}",
+                        _pct(e["clean_accuracy"]),
+                        _pct(e["robust_accuracy"]),
+                        f"{e['lr']:.3g}",
+                        f"{e['seconds']:.2f}",
+                        f"{e['gradient_computations']:,}",
+                    ]
+                    for e in epochs
+                ],
+            )
+        )
+    return "".join(parts)
+
+
 def render_report(
     job: JobRead,
     *,
@@ -331,6 +429,8 @@ def render_report(
         parts.append(f"<p class='fail'>{escape(job.error.code)}: {escape(job.error.message)}</p>")
     if isinstance(job.result, AuditResult):
         parts.append(_audit_sections(job.result.model_dump(mode="json"), per_sample, input_range))
+    elif isinstance(job.result, TrainResult):
+        parts.append(_training_sections(job.result.model_dump(mode="json")))
     elif job.status in ("queued", "running"):
         parts.append(f"<p>{_pct(job.progress.fraction)} done: {escape(job.progress.message)}</p>")
     return (

@@ -95,7 +95,7 @@ class GateCheck(BaseModel):
     """One gate condition and whether it held."""
 
     name: str
-    kind: Literal["clean", "robust", "worst_case", "validity"] = Field(
+    kind: Literal["clean", "robust", "worst_case", "validity", "corruption"] = Field(
         description="clean accuracy, one attack's robust accuracy, the per-example worst case "
         "over every attack at an eps, or a validity warning that must not fire."
     )
@@ -153,6 +153,15 @@ class ValidationResult(BaseModel):
     device: str | None = None
 
 
+class CorruptionAccuracy(BaseModel):
+    """Accuracy under one natural corruption at one severity."""
+
+    corruption: str
+    severity: int
+    parameter: float
+    accuracy: float
+
+
 class AuditResult(BaseModel):
     """What an audit measured."""
 
@@ -170,6 +179,10 @@ class AuditResult(BaseModel):
     noise_baseline: list[NoiseResult] = Field(default_factory=list)
     large_eps_accuracy: float | None = Field(
         None, description="Accuracy under PGD-20 at L-inf eps = half the input range."
+    )
+    corruptions: list[CorruptionAccuracy] = Field(default_factory=list)
+    corruption_accuracy: float | None = Field(
+        None, description="Mean accuracy over the corruptions and severities, when run."
     )
     warnings: list[Warning_] = Field(default_factory=list)
     checks: bool = Field(True, description="Whether the validity checks ran.")
@@ -202,6 +215,7 @@ def evaluate_gate(
     warnings: list[Warning_],
     *,
     checks_ran: bool,
+    corruption_accuracy: float | None = None,
 ) -> GateResult:
     """Check a gate against measured accuracies and the validity warnings."""
     checks = []
@@ -243,6 +257,18 @@ def evaluate_gate(
                 worst_case=beside,
             )
         )
+    if gate.min_corruption_accuracy is not None:
+        checks.append(
+            GateCheck(
+                name="corruption_accuracy",
+                kind="corruption",
+                metric="corruption_accuracy",
+                threshold=gate.min_corruption_accuracy,
+                value=corruption_accuracy,
+                passed=corruption_accuracy is not None
+                and corruption_accuracy >= gate.min_corruption_accuracy,
+            )
+        )
     fired = {warning.code for warning in warnings}
     waived = sorted(fired & set(gate.allow_warnings) & set(GATING_WARNINGS))
     if checks_ran:
@@ -274,12 +300,19 @@ def gate_for(
     attacks: list[AttackResult],
     worst_case: list[WorstCaseResult],
     warnings: list[Warning_],
+    corruption_accuracy: float | None = None,
 ) -> GateResult | None:
     """The audit's gate verdict, or ``None`` when the spec has no gate."""
     if spec.gate is None:
         return None
     return evaluate_gate(
-        spec.gate, clean_accuracy, attacks, worst_case, warnings, checks_ran=spec.checks
+        spec.gate,
+        clean_accuracy,
+        attacks,
+        worst_case,
+        warnings,
+        checks_ran=spec.checks,
+        corruption_accuracy=corruption_accuracy,
     )
 
 

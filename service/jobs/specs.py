@@ -226,7 +226,7 @@ ATTACK_NAMES = (
 
 _ATTACK_ADAPTER: TypeAdapter[AttackEntry] = TypeAdapter(AttackSpec)
 
-Strength = Literal["weak", "standard", "strong"]
+Strength = Literal["weak", "standard", "strong", "none"]
 
 
 class PresetInfo(BaseModel):
@@ -258,6 +258,13 @@ PRESETS: dict[str, PresetInfo] = {
             attacks=[{"name": "pgd", "steps": 50, "restarts": 3}],
         ),
         PresetInfo(
+            name="corruptions",
+            description="No attack: accuracy under Gaussian noise, blur, small rotations and "
+            "lost contrast at three severities (natural shifts, not adversarial ones).",
+            strength="none",
+            attacks=[],
+        ),
+        PresetInfo(
             name="autoattack",
             description="AutoAttack: APGD-CE, APGD-T and Square, worst case per example (the "
             "default).",
@@ -266,7 +273,7 @@ PRESETS: dict[str, PresetInfo] = {
         ),
     )
 }
-Preset = Literal["quick", "standard", "autoattack"]
+Preset = Literal["quick", "standard", "autoattack", "corruptions"]
 DEFAULT_PRESET: Preset = "autoattack"
 DEFAULT_EPS: dict[str, list[float]] = {"linf": [8 / 255], "l2": [0.5]}
 
@@ -289,6 +296,8 @@ def attack_strength(attacks: list[AttackEntry]) -> Strength:
     with an AutoAttack component or a well-budgeted PGD, ``weak`` with single steps or a
     handful of iterations only, ``standard`` otherwise."""
     names = {attack.name for attack in attacks}
+    if not names:
+        return "none"
     if names & _STRONG_ATTACKS:
         return "strong"
     iterations = [
@@ -382,6 +391,9 @@ class Gate(_Strict):
 
     min_clean_accuracy: float | None = Field(None, ge=0, le=1)
     min_robust_accuracy: list[RobustGate] = Field(default_factory=list, max_length=100)
+    min_corruption_accuracy: float | None = Field(
+        None, ge=0, le=1, description="Mean accuracy under the corruptions (needs them run)."
+    )
     allow_warnings: list[WarningCode] = Field(
         default_factory=list,
         max_length=len(GATING_WARNINGS),
@@ -434,6 +446,15 @@ class AuditSpec(_Strict):
     checks: bool = Field(
         True, description="Run the evaluation validity checks (a gate needs allow_unchecked)."
     )
+    corruptions: bool = Field(
+        False,
+        description="Also measure accuracy under natural corruptions (the 'corruptions' preset "
+        "does, alone).",
+    )
+
+    def runs_corruptions(self) -> bool:
+        """Whether the audit measures corruption accuracy."""
+        return self.corruptions or self.preset == "corruptions"
 
     def default_eps(self, norm: str) -> list[float]:
         """``eps`` when given, else the norm's default radius."""
@@ -486,6 +507,8 @@ class AuditSpec(_Strict):
             for attack in self.resolved_attacks()
         )
         checks = (min(num_examples, 256) + 20 * min(num_examples, 100)) if self.checks else 0
+        # Corruptions cost one forward pass per corruption and severity.
+        per_example += 12 if self.runs_corruptions() else 0
         return num_examples * per_example + checks
 
     def result_cells(self, num_classes: int) -> int:
@@ -510,6 +533,15 @@ class AuditSpec(_Strict):
             raise ValueError(
                 "a gate needs the validity checks: with 'checks': false, nothing would tell a "
                 "masked model from a robust one; set gate.allow_unchecked to accept that"
+            )
+        if (
+            self.gate is not None
+            and self.gate.min_corruption_accuracy is not None
+            and not self.runs_corruptions()
+        ):
+            raise ValueError(
+                "gate.min_corruption_accuracy needs the corruptions: set 'corruptions': true "
+                "or the 'corruptions' preset"
             )
         # What needs the model (its classes) is refused at admission, naming the field
         # (service.jobs.service.check_audit_fits, through refusals()).

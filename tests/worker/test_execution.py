@@ -545,3 +545,33 @@ def test_a_long_job_continues_past_the_time_limit_from_its_checkpoint(
     assert execute_job(job_id) == "succeeded"
     job = job_row(job_id)
     assert (job.attempt, job.result, runner.runs) == (1, {"resumed_from": "epoch 1"}, 2)
+
+
+def test_the_corruptions_preset_measures_natural_shifts_and_gates_them(
+    settings, ready_model
+) -> None:
+    tenant, model_id = ready_model
+    spec = {
+        "kind": "audit",
+        "model_id": model_id,
+        "preset": "corruptions",
+        "limit": 100,
+        "gate": {"min_clean_accuracy": 0.9, "min_corruption_accuracy": 0.5},
+    }
+    job_id = queued_job(settings, tenant.id, spec)
+    assert execute_job(job_id) == "succeeded", job_row(job_id).error
+    result = job_row(job_id).result
+    assert result["attacks"] == []
+    assert result["attack_strength"] == "none"
+    assert {c["corruption"] for c in result["corruptions"]} == {
+        "gaussian_noise",
+        "gaussian_blur",
+        "rotation",
+        "contrast",
+    }
+    assert len(result["corruptions"]) == 12
+    mean = sum(c["accuracy"] for c in result["corruptions"]) / 12
+    assert result["corruption_accuracy"] == pytest.approx(mean)
+    check = next(c for c in result["gate"]["checks"] if c["kind"] == "corruption")
+    assert check["value"] == result["corruption_accuracy"]
+    assert check["passed"] == (result["corruption_accuracy"] >= 0.5)

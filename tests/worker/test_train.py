@@ -11,6 +11,8 @@ from sqlalchemy import update
 
 from service.database import session_scope
 from service.jobs import repository
+from service.jobs.report import render_report
+from service.jobs.schemas import JobRead
 from service.models import repository as models
 from service.storage import get_store
 from service.tables import Job, ModelStatus
@@ -57,6 +59,10 @@ def test_a_trained_model_is_registered_with_its_lineage_and_audited(settings, ma
         assert model.architecture == {"name": "small_cnn", "kwargs": {"channels": [8, 16]}}
         names = {a.name for a in repository.list_artifacts(session, job_id)}
     assert names == {CHECKPOINT, "model.onnx"}
+    page = render_report(JobRead.from_row(job_row(job_id)))
+    assert "Training curves" in page
+    assert page.count("<polyline") >= 2  # clean and PGD accuracy per epoch
+    assert "What the training bought" in page
     assert get_store().exists(model.file_sha256)
     # The follow-up audit exists, refers to the new model, and runs.
     audit_id = result["audit_job_id"]

@@ -62,7 +62,14 @@ def audit_result(
     attacks = [AttackResult.model_validate(a) for a in measured["attacks"]]
     worst_case = [WorstCaseResult.model_validate(w) for w in measured["worst_case"]]
     warnings = [Warning_.model_validate(w) for w in measured["warnings"]]
-    gate = gate_for(spec, measured["clean_accuracy"], attacks, worst_case, warnings)
+    gate = gate_for(
+        spec,
+        measured["clean_accuracy"],
+        attacks,
+        worst_case,
+        warnings,
+        measured.get("corruption_accuracy"),
+    )
     strength = attack_strength(spec.resolved_attacks())
     return AuditResult.model_validate(
         {
@@ -118,6 +125,7 @@ class AuditRunner:
             seed=spec.seed,
             batch_size=spec.batch_size or settings.eval_batch_size,
             checks=spec.checks,
+            corruptions=spec.runs_corruptions(),
         )
         payload = {**jailed_model(model_row, settings), "config": config.to_json()}
         with (
