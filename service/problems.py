@@ -138,8 +138,19 @@ def field_errors(
 ) -> list[FieldError]:
     """Pydantic errors as ``{field, reason}`` items, ``prefix`` prepended to each field."""
     errors = []
+    body = getattr(exc, "body", None)
     for error in exc.errors():
-        path = field_path(error.get("loc", ()))
+        loc = tuple(error.get("loc", ()))
+        # A body that is one of several kinds (a job spec) is validated as that kind; the
+        # kind is the body's own "kind", not a field the user wrote: leave it out.
+        if (
+            len(loc) > 1
+            and loc[0] == "body"
+            and isinstance(body, dict)
+            and loc[1] == body.get("kind")
+        ):
+            loc = ("body", *loc[2:])
+        path = field_path(loc)
         if prefix:
             path = prefix if path == "body" else f"{prefix}.{path}"
         message = str(error.get("msg", "invalid"))

@@ -85,7 +85,7 @@ def test_idempotency_keys_are_per_tenant(client: TestClient, make_tenant) -> Non
         ),
         ({"attacks": [{"name": "deepfool", "eps": [0.1]}]}, "attacks[0]", "does not match"),
         ({"attacks": []}, "attacks", "at least 1"),
-        ({"kind": "train"}, "kind", "Input should be 'audit'"),
+        ({"kind": "regression"}, "body", "does not match any of the expected tags"),
         ({"split": "validation"}, "split", "Input should be"),
         ({"limit": 0}, "limit", "greater than or equal to 1"),
         (

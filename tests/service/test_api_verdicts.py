@@ -187,6 +187,7 @@ def test_presets_and_version_come_from_the_server(client, tenant) -> None:
         "quick": "weak",
         "standard": "standard",
         "autoattack": "strong",
+        "corruptions": "none",
     }
     assert presets["default_eps"] == {"linf": [8 / 255], "l2": [0.5]}
     gating = {w["code"] for w in presets["warnings"] if w["fails_gate"]}
