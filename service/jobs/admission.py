@@ -23,6 +23,10 @@ from service.settings import Settings
 from service.tables import Model, ModelStatus
 from service.tenants.service import Principal
 
+# The formats whose weights a fine-tune can write back (the user's ONNX graph, or a
+# state_dict of a built-in architecture).
+FINE_TUNABLE_FORMATS = ("onnx", "safetensors", "pt")
+
 
 @dataclass(frozen=True)
 class Part:
@@ -155,6 +159,12 @@ def admit_train(
         )
     if spec.fine_tune is not None:
         parent = ready_model(session, principal, spec.fine_tune.model_id)
+        if parent.format not in FINE_TUNABLE_FORMATS:
+            raise invalid(
+                "fine_tune.model_id",
+                f"{parent.format} models cannot be fine-tuned (their weights cannot be written "
+                f"back); fine-tune an {' or '.join(FINE_TUNABLE_FORMATS)} model",
+            )
         if list(dataset.example_shape) != list(parent.input_shape):
             raise invalid(
                 "dataset_id",
