@@ -80,11 +80,13 @@ class AttackConfig:
 
 @dataclass
 class ComponentOutcome:
-    """One ensemble component: robust accuracy after it (cumulative) and its time."""
+    """One ensemble component: robust accuracy after it (cumulative) and its time;
+    ``survivors`` marks the examples still robust after it (``[N]``)."""
 
     name: str
     robust_accuracy: float
     seconds: float
+    survivors: torch.Tensor | None = None
 
 
 @dataclass
@@ -94,7 +96,9 @@ class AttackOutcome:
     ``robust`` is the per-example mask (correct under attack). Confidence is the mean softmax
     probability of the predicted class over examples misclassified under attack; perturbation
     norms are over the examples the attack fooled (those it turned from correct to wrong).
-    ``fooled_indices``/``fooled_inputs`` hold the adversarial inputs of the fooled examples.
+    ``fooled_indices``/``fooled_inputs`` hold the adversarial inputs of the fooled examples;
+    ``confidences`` and ``norms`` are the per-example values the means come from (what a
+    merge of shards needs, :func:`aggregate_outcome`).
     """
 
     config: AttackConfig
@@ -111,6 +115,8 @@ class AttackOutcome:
     fooled_indices: torch.Tensor
     fooled_inputs: torch.Tensor
     components: list[ComponentOutcome] = field(default_factory=list)
+    confidences: torch.Tensor | None = None
+    norms: torch.Tensor | None = None
 
 
 @dataclass
@@ -130,6 +136,7 @@ class NoiseOutcome:
     norm: str
     eps: float
     accuracy: float
+    correct: torch.Tensor | None = None
 
 
 @dataclass
@@ -331,7 +338,11 @@ class _Evaluator:
         return result
 
     def run(
-        self, config: AttackConfig, attacked: torch.Tensor, clean_predictions: torch.Tensor
+        self,
+        config: AttackConfig,
+        attacked: torch.Tensor,
+        clean_predictions: torch.Tensor,
+        clean_confidences: torch.Tensor,
     ) -> AttackOutcome:
         """Evaluate one config on the clean-correct examples ``attacked``."""
         started = time.perf_counter()
@@ -346,10 +357,7 @@ class _Evaluator:
         # Only attacked points changed: check and predict those afresh; the rest keep their
         # clean prediction.
         adversarial_predictions = clean_predictions.clone()
-        confidences = torch.zeros(self.x.shape[0])
-        wrong_clean = (clean_predictions != self.y).nonzero().squeeze(1)
-        if wrong_clean.numel():
-            _, confidences[wrong_clean] = self.predict(self.x[wrong_clean])
+        confidences = clean_confidences.clone()
         if attacked.numel():
             checking = time.perf_counter()
             verify_adversarial(threat, adversarial[attacked], self.x[attacked], config.label)
@@ -358,31 +366,20 @@ class _Evaluator:
             adversarial_predictions[attacked] = predicted
             confidences[attacked] = confidence
         norms = threat.distance(adversarial, self.x).float()
-
-        robust = adversarial_predictions == self.y
-        fooled = torch.zeros_like(robust)
-        fooled[attacked] = ~robust[attacked]
-        fooled_indices = fooled.nonzero().squeeze(1)
-        wrong = ~robust
-        return AttackOutcome(
-            config=config,
-            robust=robust,
+        attacked_mask = torch.zeros(self.x.shape[0], dtype=torch.bool)
+        attacked_mask[attacked] = True
+        fooled = attacked_mask & (adversarial_predictions != self.y)
+        return aggregate_outcome(
+            config,
+            y=self.y,
+            num_classes=self.num_classes,
+            attacked=attacked_mask,
             adversarial_predictions=adversarial_predictions,
-            robust_accuracy=_mean(robust),
-            success_rate=_mean(fooled[attacked]) if attacked.numel() else None,
-            mean_wrong_confidence=_nan_mean(confidences[wrong]),
-            mean_perturbation_norm=float(norms[fooled].mean()) if fooled.any() else None,
-            max_perturbation_norm=float(norms[fooled].max()) if fooled.any() else None,
-            per_class_accuracy=per_class_accuracy(robust, self.y, self.num_classes),
-            confusion=(
-                confusion_matrix(self.y, adversarial_predictions, self.num_classes)
-                if self.num_classes <= 100
-                else None
-            ),
-            seconds=time.perf_counter() - started,
-            fooled_indices=fooled_indices,
-            fooled_inputs=adversarial[fooled_indices],
+            confidences=confidences,
+            norms=norms,
+            fooled_inputs=adversarial[fooled.nonzero().squeeze(1)],
             components=components,
+            seconds=time.perf_counter() - started,
         )
 
     def _run_ensemble(
@@ -415,14 +412,71 @@ class _Evaluator:
                 for index, point in zip(remaining[fooled].tolist(), found[fooled], strict=True):
                     carried[index] = (config.eps, point)
                 remaining = remaining[~fooled]
+            survivors_mask = torch.zeros(self.x.shape[0], dtype=torch.bool)
+            survivors_mask[remaining] = True
             components.append(
                 ComponentOutcome(
                     name=name,
                     robust_accuracy=remaining.numel() / self.x.shape[0],
                     seconds=time.perf_counter() - started,
+                    survivors=survivors_mask,
                 )
             )
         return components
+
+
+def aggregate_outcome(
+    config: AttackConfig,
+    *,
+    y: torch.Tensor,
+    num_classes: int,
+    attacked: torch.Tensor,
+    adversarial_predictions: torch.Tensor,
+    confidences: torch.Tensor,
+    norms: torch.Tensor,
+    fooled_inputs: torch.Tensor,
+    components: Sequence[ComponentOutcome],
+    seconds: float,
+) -> AttackOutcome:
+    """An attack's outcome from its per-example arrays (``attacked``: the clean-correct
+    mask; the others ``[N]``, ``fooled_inputs`` in example order): the one arithmetic that
+    an evaluation and a merge of its shards share, so both give the same numbers."""
+    robust = adversarial_predictions == y
+    fooled = attacked & ~robust
+    wrong = ~robust
+    count = y.shape[0]
+    return AttackOutcome(
+        config=config,
+        robust=robust,
+        adversarial_predictions=adversarial_predictions,
+        robust_accuracy=_mean(robust),
+        success_rate=_mean(fooled[attacked]) if attacked.any() else None,
+        mean_wrong_confidence=_nan_mean(confidences[wrong]),
+        mean_perturbation_norm=float(norms[fooled].mean()) if fooled.any() else None,
+        max_perturbation_norm=float(norms[fooled].max()) if fooled.any() else None,
+        per_class_accuracy=per_class_accuracy(robust, y, num_classes),
+        confusion=(
+            confusion_matrix(y, adversarial_predictions, num_classes)
+            if num_classes <= 100
+            else None
+        ),
+        seconds=seconds,
+        fooled_indices=fooled.nonzero().squeeze(1),
+        fooled_inputs=fooled_inputs,
+        components=[
+            ComponentOutcome(
+                name=c.name,
+                robust_accuracy=(
+                    int(c.survivors.sum()) / count if c.survivors is not None else c.robust_accuracy
+                ),
+                seconds=c.seconds,
+                survivors=c.survivors,
+            )
+            for c in components
+        ],
+        confidences=confidences,
+        norms=norms,
+    )
 
 
 def ensemble_components(config: AttackConfig, num_classes: int) -> list[tuple[str, dict[str, Any]]]:
@@ -475,7 +529,8 @@ def noise_baseline(evaluator: _Evaluator, norm: str, eps: float) -> NoiseOutcome
         direction /= direction.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
         noisy = x + eps * direction
     predictions, _ = evaluator.predict(noisy.clamp(lower, upper))
-    return NoiseOutcome(norm=norm, eps=eps, accuracy=_mean(predictions == evaluator.y))
+    correct = predictions == evaluator.y
+    return NoiseOutcome(norm=norm, eps=eps, accuracy=_mean(correct), correct=correct)
 
 
 def evaluate(
@@ -540,7 +595,7 @@ def evaluate(
             tracker.stage = config.name
             tracker.message = config.label
             end_of_attack = tracker.done + planned * attacked.numel()
-            outcomes.append(evaluator.run(config, attacked, clean_predictions))
+            outcomes.append(evaluator.run(config, attacked, clean_predictions, clean_confidences))
             tracker.skip_to(end_of_attack)
 
         tracker.stage, tracker.message = "noise", "random-noise baseline"
