@@ -5,9 +5,10 @@ With ``make serve`` running (or any Gauntlet server)::
     export GAUNTLET_API_KEY=$(cat .gauntlet/api-key)
     .venv/bin/python examples/augmentation_vs_adversarial.py
 
-Trains the built-in ``small_cnn`` on the digits five ways (natural training for reference), waits for the jobs, and prints
-each trained model's accuracy on the held-out validation split: clean, under natural
-corruptions (noise, blur, rotation, contrast) and under PGD-20 at eps 0.1. Needs httpx only.
+Trains the built-in ``small_cnn`` on the digits five ways (natural training for
+reference), waits for the jobs, and prints each trained model's accuracy on the held-out
+validation split: clean, under natural corruptions (noise, blur, rotation, contrast) and
+under PGD-20 at eps 0.1. Needs httpx only.
 """
 
 from __future__ import annotations
