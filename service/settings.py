@@ -77,6 +77,12 @@ class Settings(BaseSettings):
     max_result_cells: int = Field(
         2_000_000, description="Most per-class numbers a result may hold (attacks x eps x classes)."
     )
+    audit_shard_examples: int = Field(
+        50_000,
+        ge=0,
+        description="Audits of more examples are split into parts of at most this many, run "
+        "by separate workers (0: never automatically; a spec's 'shards' wins).",
+    )
     max_active_jobs_per_tenant: int = Field(
         20, description="Queued and running jobs a tenant may have; more get 429."
     )

@@ -44,3 +44,12 @@ def test_the_gate_knows_every_warning_the_engine_raises() -> None:
     assert raised <= set(GATING_WARNINGS) | set(INFORMATIONAL_WARNINGS)
     assert set(GATING_WARNINGS) - {"non_finite_values"} <= raised
     assert set(WarningCode.__args__) == set(GATING_WARNINGS)  # type: ignore[attr-defined]
+
+
+def test_the_service_splits_shards_as_the_engine_does() -> None:
+    from adversarial.shards import shard_ranges as engine_ranges
+    from service.jobs.admission import shard_ranges
+
+    for count in (1, 2, 9, 100, 361):
+        for shards in (1, 2, 3, 7, 64):
+            assert shard_ranges(count, shards) == engine_ranges(count, shards)

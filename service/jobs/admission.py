@@ -55,7 +55,37 @@ def admit_audit(
     model = ready_model(session, principal, spec.model_id)
     dataset = get_dataset(session, principal, spec.dataset_id)
     check_audit_fits(spec, model, dataset, settings)
-    return Admission(model_id=spec.model_id, dataset_id=spec.dataset_id)
+    examples = min(spec.limit or dataset.splits[spec.split], dataset.splits[spec.split])
+    shards = spec.shards
+    if shards is None and settings.audit_shard_examples:
+        shards = -(-examples // settings.audit_shard_examples)
+    parts = []
+    if shards is not None and shards > 1:
+        document = spec.model_dump(mode="json")
+        for start, stop in shard_ranges(examples, shards):
+            parts.append(
+                Part(
+                    kind="audit_shard",
+                    spec={"kind": "audit_shard", "audit": document, "start": start, "stop": stop},
+                    model_id=spec.model_id,
+                    dataset_id=spec.dataset_id,
+                )
+            )
+    return Admission(model_id=spec.model_id, dataset_id=spec.dataset_id, parts=parts)
+
+
+def shard_ranges(count: int, shards: int) -> list[tuple[int, int]]:
+    """``shards`` contiguous ``[start, stop)`` ranges of ``count`` examples, sizes differing by
+    at most one (the engine's ``adversarial.shards.shard_ranges``, which the API cannot
+    import; a test keeps the two the same)."""
+    size, extra = divmod(count, max(shards, 1))
+    ranges, start = [], 0
+    for index in range(max(shards, 1)):
+        stop = start + size + (1 if index < extra else 0)
+        if stop > start:
+            ranges.append((start, stop))
+        start = stop
+    return ranges
 
 
 def ready_model(session: Session, principal: Principal, model_id: str) -> Model:

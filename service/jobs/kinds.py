@@ -15,8 +15,8 @@ from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
 
 from service.jobs.admission import Admission, admit_audit, admit_train
-from service.jobs.results import AuditResult, TrainResult, ValidationResult
-from service.jobs.specs import AuditSpec, ValidateModelSpec
+from service.jobs.results import AuditResult, AuditShardResult, TrainResult, ValidationResult
+from service.jobs.specs import AuditShardSpec, AuditSpec, ValidateModelSpec
 from service.jobs.train_specs import TrainSpec
 from service.settings import Settings
 from service.tenants.service import Principal
@@ -44,6 +44,7 @@ KINDS: dict[str, JobKind] = {
         JobKind("audit", AuditSpec, AuditResult, admit_audit),
         JobKind("train", TrainSpec, TrainResult, admit_train),
         JobKind("validate_model", ValidateModelSpec, ValidationResult, None),
+        JobKind("audit_shard", AuditShardSpec, AuditShardResult, None),
     )
 }
 

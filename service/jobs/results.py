@@ -162,6 +162,15 @@ class CorruptionAccuracy(BaseModel):
     accuracy: float
 
 
+class AuditShardResult(BaseModel):
+    """One part of a sharded audit: its examples and the file its numbers are in."""
+
+    start: int
+    stop: int
+    part: ArtifactRef
+    seconds: float
+
+
 class AuditResult(BaseModel):
     """What an audit measured."""
 
@@ -199,6 +208,7 @@ class AuditResult(BaseModel):
         None, description="Examples per batch at the start (halved on out-of-memory)."
     )
     final_batch_size: int | None = None
+    shards: int | None = Field(None, description="The parts it ran in, when sharded.")
     seconds: float
     verification_seconds: float | None = Field(
         None,

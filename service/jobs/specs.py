@@ -446,6 +446,13 @@ class AuditSpec(_Strict):
     checks: bool = Field(
         True, description="Run the evaluation validity checks (a gate needs allow_unchecked)."
     )
+    shards: int | None = Field(
+        None,
+        ge=1,
+        le=64,
+        description="Split the examples across this many jobs (workers), merged into one "
+        "result with the same numbers; default: one per GAUNTLET_AUDIT_SHARD_EXAMPLES examples.",
+    )
     corruptions: bool = Field(
         False,
         description="Also measure accuracy under natural corruptions (the 'corruptions' preset "
@@ -563,6 +570,15 @@ class AuditSpec(_Strict):
                     f"gate check {check.attack}@{check.eps:g} is ambiguous: give its 'norm'"
                 )
         return self
+
+
+class AuditShardSpec(_Strict):
+    """Internal: one part of a sharded audit, the examples ``[start, stop)`` of its subset."""
+
+    kind: Literal["audit_shard"]
+    audit: AuditSpec
+    start: int = Field(ge=0)
+    stop: int = Field(ge=1)
 
 
 class ValidateModelSpec(_Strict):

@@ -211,6 +211,60 @@ def audit(
     return {**outcome_document(outcome), "device": str(device)}
 
 
+def audit_part(
+    payload: dict[str, Any],
+    inputs: dict[str, Path],
+    *,
+    progress: Progress,
+    output_dir: Path,
+    publish: Publish | None = None,
+) -> dict[str, Any]:
+    """One part of a sharded audit (:func:`adversarial.shards.audit_part`): the same payload
+    and inputs as :func:`audit`, for the part's examples; writes ``part.npz``."""
+    from adversarial.audit import AuditConfig
+    from adversarial.shards import audit_part as run_part
+    from adversarial.shards import part_to_bytes
+
+    progress(0.0, "loading", "loading the model and the data")
+    model = load_jailed_model(payload, inputs)
+    device = select_device(str(payload.get("device", "cpu")))
+    model.to(device)
+    x, y, ids = read_examples(inputs["examples"])
+    config = AuditConfig.from_json(payload["config"])
+    part = run_part(model, x, y, config, example_ids=ids, device=device, progress=progress)
+    (output_dir / "part.npz").write_bytes(part_to_bytes(part, ids))
+    return {"examples": int(x.shape[0]), "device": str(device)}
+
+
+def audit_merge(
+    payload: dict[str, Any],
+    inputs: dict[str, Path],
+    *,
+    progress: Progress,
+    output_dir: Path,
+    publish: Publish | None = None,
+) -> dict[str, Any]:
+    """The merge of a sharded audit (:func:`adversarial.shards.merged_audit`): inputs
+    ``model``, ``examples`` (all of them) and ``part0``, ``part1``, ... in example order.
+    Writes ``per_sample.npz``; returns what :func:`audit` returns."""
+    from adversarial.audit import AuditConfig, outcome_document
+    from adversarial.shards import merged_audit
+
+    progress(0.0, "loading", "loading the model, the data and the parts")
+    model = load_jailed_model(payload, inputs)
+    device = select_device(str(payload.get("device", "cpu")))
+    model.to(device)
+    x, y, ids = read_examples(inputs["examples"])
+    config = AuditConfig.from_json(payload["config"])
+    count = int(payload["parts"])
+    parts = [read_input(inputs[f"part{index}"], 2**34) for index in range(count)]
+    outcome = merged_audit(model, x, y, config, parts, example_ids=ids, device=device,
+                           progress=progress)  # fmt: skip
+    with (output_dir / "per_sample.npz").open("wb") as handle:
+        np.savez_compressed(handle, **outcome.per_sample)  # type: ignore[arg-type]
+    return {**outcome_document(outcome), "device": str(device)}
+
+
 def train(
     payload: dict[str, Any],
     inputs: dict[str, Path],
@@ -419,6 +473,8 @@ def inspect_environment(
 TASKS: dict[str, Task] = {
     "validate_model": validate_model,
     "audit": audit,
+    "audit_part": audit_part,
+    "audit_merge": audit_merge,
     "train": train,
     "predict": predict,
     "inspect": inspect_environment,

@@ -1,12 +1,13 @@
 """Job runners by job kind."""
 
-from worker.runners.audit import AuditRunner
+from worker.runners.audit import AuditRunner, AuditShardRunner
 from worker.runners.base import Runner
 from worker.runners.train import TrainRunner
 from worker.runners.validate_model import ValidateModelRunner
 
 RUNNERS: dict[str, Runner] = {
     "audit": AuditRunner(),
+    "audit_shard": AuditShardRunner(),
     "train": TrainRunner(),
     "validate_model": ValidateModelRunner(),
 }

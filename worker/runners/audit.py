@@ -17,25 +17,28 @@ import torch
 from sqlalchemy.orm import Session
 
 from adversarial.audit import AuditConfig
+from adversarial.errors import EngineInputError
 from adversarial.evaluation import AttackConfig
 from service.database import session_scope
 from service.datasets import repository as datasets
 from service.engine import engine_version
+from service.jobs import repository
 from service.jobs.results import (
     ArtifactRef,
     AttackResult,
     AuditResult,
+    AuditShardResult,
     Warning_,
     WorstCaseResult,
     audit_notes,
     gate_for,
 )
 from service.jobs.service import PER_SAMPLE_ARTIFACT
-from service.jobs.specs import AuditSpec, attack_strength
+from service.jobs.specs import AuditShardSpec, AuditSpec, attack_strength
 from service.models import repository as models
 from service.settings import get_settings
 from service.storage import ArtifactStore, get_store
-from service.tables import Dataset, Job, Model
+from service.tables import Dataset, Job, JobStatus, Model
 from worker.jail import JailError, run_in_jail
 from worker.jail.config import jail_limits, jail_mode, jail_pool
 from worker.jail.errors import SANDBOX_VIOLATION
@@ -95,14 +98,15 @@ def store_artifact(store: ArtifactStore, name: str, data: bytes, content_type: s
     return ArtifactRef(name=name, sha256=sha256, size=size, content_type=content_type)
 
 
-class AuditRunner:
-    """Runs an audit spec through :func:`adversarial.audit.audit`, in the model's jail."""
+class _Prepared:
+    """What every audit runner (whole, part, merge) reads before the jail: the spec, the
+    model row, the subset of examples and the engine config."""
 
-    def run(self, job: Job, lease: Lease) -> dict[str, Any]:
-        started = time.perf_counter()
+    def __init__(self, spec: AuditSpec, lease: Lease) -> None:
         settings = get_settings()
-        store = get_store()
-        spec = AuditSpec.model_validate(job.spec)
+        self.spec = spec
+        self.settings = settings
+        self.store = get_store()
 
         def rows() -> tuple[Model | None, Dataset | None]:
             with session_scope() as session:
@@ -114,11 +118,12 @@ class AuditRunner:
         model_row, dataset_row = lease.retry(rows)
         if model_row is None:
             raise LookupError(f"model {spec.model_id} is gone")
-
+        self.model_row = model_row
         lease.report(0.0, "loading", "loading the data", force=True)
-        x, y = load_examples(spec.dataset_id, spec.split, dataset_row, store, settings)
-        x, y, indices = subset(x, y, spec.limit, spec.seed)
-        config = AuditConfig(
+        x, y = load_examples(spec.dataset_id, spec.split, dataset_row, self.store, settings)
+        self.x, self.y, indices = subset(x, y, spec.limit, spec.seed)
+        self.ids = torch.from_numpy(indices)
+        self.config = AuditConfig(
             attacks=attack_configs(spec),
             num_classes=model_row.num_classes,
             input_range=(model_row.input_range[0], model_row.input_range[1]),
@@ -127,37 +132,63 @@ class AuditRunner:
             checks=spec.checks,
             corruptions=spec.runs_corruptions(),
         )
-        payload = {**jailed_model(model_row, settings), "config": config.to_json()}
-        with (
-            tempfile.TemporaryDirectory(prefix="gauntlet-audit-") as folder,
-            stored_file(store, model_row.file_sha256) as model_path,
-        ):
-            examples = write_examples(
-                Path(folder) / "examples.npz", x, y, torch.from_numpy(indices)
-            )
-            outputs = Path(folder) / "outputs"
-            measured = run_in_jail(
-                "audit",
+
+    def jail(
+        self,
+        lease: Lease,
+        task: str,
+        folder: Path,
+        *,
+        examples: slice = slice(None),
+        extra_inputs: dict[str, Path] | None = None,
+        extra_payload: dict[str, Any] | None = None,
+    ) -> tuple[dict[str, Any], Path]:
+        """Run ``task`` on the model and the examples ``examples`` in the jail; returns its
+        result and the folder its output files are in."""
+        payload = {
+            **jailed_model(self.model_row, self.settings),
+            "config": self.config.to_json(),
+            **(extra_payload or {}),
+        }
+        examples_path = write_examples(
+            folder / "examples.npz", self.x[examples], self.y[examples], self.ids[examples]
+        )
+        outputs = folder / "outputs"
+        with stored_file(self.store, self.model_row.file_sha256) as model_path:
+            result = run_in_jail(
+                task,
                 payload,
-                {"model": model_path, "examples": examples},
-                limits=jail_limits(settings),
-                mode=jail_mode(settings),
+                {"model": model_path, "examples": examples_path, **(extra_inputs or {})},
+                limits=jail_limits(self.settings),
+                mode=jail_mode(self.settings),
                 on_progress=lease.report,
                 should_stop=lease_stopper(lease),
                 output_dir=outputs,
-                pool=jail_pool(settings),
+                pool=jail_pool(self.settings),
             )
-            per_sample = outputs / PER_SAMPLE_ARTIFACT
-            if not per_sample.is_file():
-                raise JailError(SANDBOX_VIOLATION, "The jail's audit wrote no per-sample export.")
-            artifacts = [
-                store_artifact(
-                    store, PER_SAMPLE_ARTIFACT, per_sample.read_bytes(), "application/octet-stream"
-                )
-            ]
+        return result, outputs
+
+    def result(
+        self, measured: dict[str, Any], outputs: Path, started: float, shards: int | None = None
+    ) -> dict[str, Any]:
+        """The result document from the jail's numbers and its per-sample export."""
+        per_sample = outputs / PER_SAMPLE_ARTIFACT
+        if not per_sample.is_file():
+            raise JailError(SANDBOX_VIOLATION, "The jail's audit wrote no per-sample export.")
+        artifacts = [
+            store_artifact(
+                self.store,
+                PER_SAMPLE_ARTIFACT,
+                per_sample.read_bytes(),
+                "application/octet-stream",
+            )
+        ]
         try:
             result = audit_result(
-                spec, measured, seconds=time.perf_counter() - started, artifacts=artifacts
+                self.spec,
+                {**measured, "shards": shards},
+                seconds=time.perf_counter() - started,
+                artifacts=artifacts,
             )
         except (ValueError, KeyError, TypeError) as error:
             raise JailError(
@@ -165,8 +196,83 @@ class AuditRunner:
             ) from None
         return result.model_dump(mode="json")
 
+
+class AuditRunner:
+    """Runs an audit spec through :func:`adversarial.audit.audit`, in the model's jail; a
+    sharded audit, whose parts have all finished, is merged from them instead
+    (:func:`adversarial.shards.merged_audit`)."""
+
+    def run(self, job: Job, lease: Lease) -> dict[str, Any]:
+        started = time.perf_counter()
+        spec = AuditSpec.model_validate(job.spec)
+
+        def parts() -> list[Job]:
+            with session_scope() as session:
+                return repository.children(session, job.id)
+
+        shards = lease.retry(parts)
+        prepared = _Prepared(spec, lease)
+        with tempfile.TemporaryDirectory(prefix="gauntlet-audit-") as name:
+            folder = Path(name)
+            if not shards:
+                measured, outputs = prepared.jail(lease, "audit", folder)
+                return prepared.result(measured, outputs, started)
+            inputs = {}
+            for index, part in enumerate(sorted(shards, key=lambda p: p.spec["start"])):
+                if part.status != JobStatus.SUCCEEDED or part.result is None:
+                    error = part.error or {}
+                    raise EngineInputError(
+                        "part_failed",
+                        f"part {part.id} (examples {part.spec['start']} to "
+                        f"{part.spec['stop']}) {part.status}: "
+                        f"[{error.get('code')}] {error.get('message')}",
+                    )
+                path = folder / f"part{index}.npz"
+                path.write_bytes(prepared.store.read_bytes(part.result["part"]["sha256"]))
+                inputs[f"part{index}"] = path
+            measured, outputs = prepared.jail(
+                lease,
+                "audit_merge",
+                folder,
+                extra_inputs=inputs,
+                extra_payload={"parts": len(inputs)},
+            )
+            return prepared.result(measured, outputs, started, shards=len(inputs))
+
     def on_success(self, session: Session, job: Job, result: dict[str, Any]) -> None:
         record_artifacts(session, job, result.get("artifacts", []))
+
+    def on_failure(self, session: Session, job: Job, error: dict[str, Any]) -> None:
+        return None
+
+
+class AuditShardRunner:
+    """Runs one part of a sharded audit (its examples' attacks) in the jail; the part's
+    numbers go to the store for the merge."""
+
+    def run(self, job: Job, lease: Lease) -> dict[str, Any]:
+        started = time.perf_counter()
+        spec = AuditShardSpec.model_validate(job.spec)
+        prepared = _Prepared(spec.audit, lease)
+        with tempfile.TemporaryDirectory(prefix="gauntlet-part-") as name:
+            _, outputs = prepared.jail(
+                lease, "audit_part", Path(name), examples=slice(spec.start, spec.stop)
+            )
+            part = outputs / "part.npz"
+            if not part.is_file():
+                raise JailError(SANDBOX_VIOLATION, "The jail's audit part wrote no part file.")
+            reference = store_artifact(
+                prepared.store, "part.npz", part.read_bytes(), "application/octet-stream"
+            )
+        return AuditShardResult(
+            start=spec.start,
+            stop=spec.stop,
+            part=reference,
+            seconds=round(time.perf_counter() - started, 4),
+        ).model_dump(mode="json")
+
+    def on_success(self, session: Session, job: Job, result: dict[str, Any]) -> None:
+        record_artifacts(session, job, [result["part"]])
 
     def on_failure(self, session: Session, job: Job, error: dict[str, Any]) -> None:
         return None
