@@ -54,7 +54,8 @@ class FreeConfig(AdversarialConfig):
 
 
 def _memory_format(x: torch.Tensor) -> torch.memory_format:
-    channels_last = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
+    # Channels-last strides have the channel dimension innermost (stride 1).
+    channels_last = x.dim() == 4 and x.stride(1) == 1
     return torch.channels_last if channels_last else torch.contiguous_format
 
 
@@ -83,7 +84,7 @@ class FreeTraining(Method[FreeConfig]):
         if self.perturbation is None:
             self.perturbation = torch.zeros(
                 (self.context.batch_size, *x.shape[1:]), dtype=x.dtype, device=x.device
-            ).contiguous(memory_format=_memory_format(x))
+            ).to(memory_format=_memory_format(x))
         delta = self.perturbation[:count]
         total = torch.zeros((), dtype=x.dtype, device=x.device)
         for _ in range(self.config.replays):
