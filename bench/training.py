@@ -178,6 +178,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--examples-32", type=int, default=768, help="3x32x32 training examples")
+    parser.add_argument("--epochs-32", type=int, default=8, help="3x32x32 epoch budget")
     parser.add_argument("--workloads", nargs="+", default=["digits", "32"])
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -203,7 +204,7 @@ def main() -> None:
             y_train[: args.examples_32],
             to_32(x_test),
             y_test,
-            epochs=4,
+            epochs=args.epochs_32,
         ),
     }
     for name in args.workloads:

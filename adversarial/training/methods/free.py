@@ -109,5 +109,10 @@ class FreeTraining(Method[FreeConfig]):
         if set(state) - {"perturbation"}:
             raise TrainingError("bad_checkpoint", "Unexpected Free-AT state in the checkpoint.")
         saved = state.get("perturbation")
+        if saved is not None and (saved.dim() < 2 or saved.shape[0] != self.context.batch_size):
+            raise TrainingError(
+                "bad_checkpoint",
+                "The checkpoint's Free-AT perturbation does not fit the batch size.",
+            )
         device = self.context.generator.device
         self.perturbation = None if saved is None else saved.to(device).clone()
