@@ -15,8 +15,9 @@ contrast          factor towards each image's mean            0.75    0.5     0.
 ================  ==========================================  ======  ======  ======
 
 Every corruption is deterministic given ``seed`` (the random ones draw from a CPU
-generator seeded per corruption and severity, over the whole set at once, so the result
-does not depend on batching or device) and its output is clipped to the input range.
+generator seeded per corruption and severity, over the whole set at once, so results do
+not depend on the evaluation batch size or the device) and its output is clipped to the
+input range.
 """
 
 from __future__ import annotations
@@ -68,7 +69,8 @@ def corrupt(
 ) -> torch.Tensor:
     """``x`` ``[N, C, H, W]`` under ``corruption`` at ``severity`` (1..3), in ``input_range``.
 
-    Deterministic given ``seed``; the same for any batching of the examples.
+    Deterministic given ``seed`` and ``x`` (corrupt a whole set at once, as
+    :func:`corruption_accuracy` does, so that results do not depend on batching).
 
     Raises:
         ValueError: unknown corruption or severity.

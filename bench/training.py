@@ -1,6 +1,6 @@
 """Cost of every training method relative to natural training, measured side by side.
 
-    .venv/bin/python -m bench.training [--device cpu|cuda] [--repeats 7] [--workloads digits 32]
+    .venv/bin/python -m bench.training [--device cpu|cuda] [--repeats 5] [--workloads digits 32]
 
 Two workloads: the digits (1x8x8, the zoo's ``small_cnn``) and a 3x32x32 one (the digits
 upscaled to 32x32 RGB as in ``bench/attacks.py``, ``small_cnn`` with channels [32, 64,
@@ -175,9 +175,10 @@ def bench(workload: Workload, device: torch.device, repeats: int, batch_size: in
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--examples-32", type=int, default=256, help="3x32x32 training examples")
+    parser.add_argument("--examples-32", type=int, default=768, help="3x32x32 training examples")
+    parser.add_argument("--epochs-32", type=int, default=8, help="3x32x32 epoch budget")
     parser.add_argument("--workloads", nargs="+", default=["digits", "32"])
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -203,7 +204,7 @@ def main() -> None:
             y_train[: args.examples_32],
             to_32(x_test),
             y_test,
-            epochs=4,
+            epochs=args.epochs_32,
         ),
     }
     for name in args.workloads:

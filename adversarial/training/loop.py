@@ -74,7 +74,7 @@ def train(
     device: torch.device | str = "cpu",
     trainable: Trainable = "all",
     augmentation: AugmentationConfig | None = None,
-    validation: ValidationConfig | None = None,
+    validation: ValidationConfig | None = ValidationConfig(),
     epoch_hook: EpochHook | None = None,
     progress: ProgressCallback | None = None,
     resume: Checkpoint | None = None,
@@ -102,7 +102,8 @@ def train(
         trainable: ``"all"``, ``"last"`` (the last ``nn.Linear``, or the last module with
             parameters) or an iterable of the model's parameters; the others are frozen.
         augmentation: per-minibatch augmentation, or None.
-        validation: how to validate after each epoch (needs ``data``'s validation split);
+        validation: how to validate after each epoch, when ``data`` has a validation
+            split (default: up to 1,000 examples, PGD-10 and FGSM at the method's eps);
             None skips validation. A method that stops on catastrophic overfitting needs it.
         epoch_hook: called after every epoch with its record and a checkpoint.
         progress: called during epochs; may raise to cancel.
@@ -206,7 +207,7 @@ class _TrainingRun:
         model.to(device)
         data.check_classes(self._num_classes())
         self.memory_format = _training_memory_format(model, device)
-        self.inputs = data.inputs.to(device).contiguous(memory_format=self.memory_format)
+        self.inputs = data.inputs.to(device).to(memory_format=self.memory_format)
         self.labels = data.labels.to(device)
         self.examples = int(self.inputs.shape[0])
         self.batches = math.ceil(self.examples / self.batch_size)
@@ -298,6 +299,7 @@ class _TrainingRun:
                 method = make_method(self.config, context)
                 loop_epochs = method.loop_epochs(self.epochs)
                 updater.total_updates = loop_epochs * self.batches * method.updates_per_batch
+                updater.last_lr = updater.next_lr()
                 state = _RunState(self._run_settings(method, selection.names))
                 if resume is None:
                     streams.seed_global()
@@ -441,7 +443,9 @@ def _set_memory_format(model: nn.Module, memory_format: torch.memory_format) -> 
     with torch.no_grad():
         for tensor in [*model.parameters(), *model.buffers()]:
             if tensor.dim() == 4:
-                tensor.data = tensor.data.contiguous(memory_format=memory_format)
+                # .to, not .contiguous: with one input channel both layouts are
+                # "contiguous", and only .to rewrites the strides oneDNN reads the layout from.
+                tensor.data = tensor.data.to(memory_format=memory_format)
 
 
 def _state_copy(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -54,7 +54,8 @@ class FreeConfig(AdversarialConfig):
 
 
 def _memory_format(x: torch.Tensor) -> torch.memory_format:
-    channels_last = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
+    # Channels-last strides have the channel dimension innermost (stride 1).
+    channels_last = x.dim() == 4 and x.stride(1) == 1
     return torch.channels_last if channels_last else torch.contiguous_format
 
 
@@ -83,7 +84,7 @@ class FreeTraining(Method[FreeConfig]):
         if self.perturbation is None:
             self.perturbation = torch.zeros(
                 (self.context.batch_size, *x.shape[1:]), dtype=x.dtype, device=x.device
-            ).contiguous(memory_format=_memory_format(x))
+            ).to(memory_format=_memory_format(x))
         delta = self.perturbation[:count]
         total = torch.zeros((), dtype=x.dtype, device=x.device)
         for _ in range(self.config.replays):
@@ -108,5 +109,10 @@ class FreeTraining(Method[FreeConfig]):
         if set(state) - {"perturbation"}:
             raise TrainingError("bad_checkpoint", "Unexpected Free-AT state in the checkpoint.")
         saved = state.get("perturbation")
+        if saved is not None and (saved.dim() < 2 or saved.shape[0] != self.context.batch_size):
+            raise TrainingError(
+                "bad_checkpoint",
+                "The checkpoint's Free-AT perturbation does not fit the batch size.",
+            )
         device = self.context.generator.device
         self.perturbation = None if saved is None else saved.to(device).clone()

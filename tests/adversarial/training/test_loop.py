@@ -170,3 +170,21 @@ def test_derived_seeds_are_stable_and_distinct() -> None:
     assert derive_seed(0, "shuffle") == derive_seed(0, "shuffle")
     assert len({derive_seed(0, "shuffle"), derive_seed(1, "shuffle"), derive_seed(0, "x")}) == 3
     assert 0 <= derive_seed(7, "validation", 3) < 2**63
+
+
+def test_convolutions_train_channels_last_on_a_cpu_and_come_back_standard() -> None:
+    # Channels-last is what makes max-pooling on perturbed inputs as fast as on clean ones
+    # (see loop._training_memory_format); with one input channel only the strides show it.
+    model = tiny_model()
+    seen: list[tuple[int, ...]] = []
+    first_conv = model.features[0].weight  # type: ignore[index]
+    run(
+        NaturalConfig(),
+        model=model,
+        epochs=1,
+        validation=None,
+        progress=lambda *_: seen.append(first_conv.stride()),
+    )
+    assert seen
+    assert all(stride[1] == 1 for stride in seen)
+    assert first_conv.stride() == (9, 9, 3, 1)
