@@ -30,6 +30,12 @@ class Series:
     x: Sequence[float]
     y: Sequence[float | None]
     dashed: bool = False
+    # A wide translucent band drawn beneath the other lines (the worst case, which often
+    # coincides with one attack's line and would hide it if drawn on top).
+    band: bool = False
+
+
+BAND = "stroke='#000000' stroke-opacity='0.22' stroke-width='10' stroke-linecap='round'"
 
 
 def _frame(title: str, x_label: str, y_label: str, css_class: str) -> list[str]:
@@ -61,13 +67,14 @@ def _frame(title: str, x_label: str, y_label: str, css_class: str) -> list[str]:
 
 
 def _legend(labels: Sequence[tuple[str, str, bool]]) -> list[str]:
+    """(label, stroke attributes, dashed) per line."""
     parts = []
-    for index, (label, color, dashed) in enumerate(labels):
+    for index, (label, stroke, dashed) in enumerate(labels):
         y = TOP + 10 + index * 18
         dash = " stroke-dasharray='5 4'" if dashed else ""
         parts.append(
             f"<line x1='{WIDTH - RIGHT + 10}' x2='{WIDTH - RIGHT + 34}' y1='{y}' "
-            f"y2='{y}' stroke='{color}' stroke-width='3'{dash}/>"
+            f"y2='{y}' {stroke}{dash}/>"
         )
         parts.append(
             f"<text x='{WIDTH - RIGHT + 40}' y='{y + 4}' font-size='11'>{escape(label[:22])}</text>"
@@ -100,7 +107,13 @@ def line_chart(
             f"text-anchor='middle'>{x:.3g}</text>"
         )
     legend = []
-    for index, line in enumerate(series):
+    bands, lines = [s for s in series if s.band], [s for s in series if not s.band]
+    for line in bands:
+        points = [position(x, y) for x, y in zip(line.x, line.y, strict=True) if y is not None]
+        path = " ".join(f"{px:.1f},{py:.1f}" for px, py in points)
+        parts.append(f"<polyline class='series band' points='{path}' fill='none' {BAND}/>")
+        legend.append((line.label, BAND, False))
+    for index, line in enumerate(lines):
         color = PALETTE[index % len(PALETTE)]
         points = [position(x, y) for x, y in zip(line.x, line.y, strict=True) if y is not None]
         dash = " stroke-dasharray='5 4'" if line.dashed else ""
@@ -112,7 +125,7 @@ def line_chart(
         parts += [
             f"<circle cx='{px:.1f}' cy='{py:.1f}' r='3.5' fill='{color}'/>" for px, py in points
         ]
-        legend.append((line.label, color, line.dashed))
+        legend.append((line.label, f"stroke='{color}' stroke-width='3'", line.dashed))
     parts += _legend(legend)
     parts.append("</svg>")
     return "".join(parts)
@@ -136,7 +149,7 @@ def bar_chart(
         )
     for number, values in enumerate(series):
         color = PALETTE[number % len(PALETTE)]
-        legend.append((values.label, color, False))
+        legend.append((values.label, f"stroke='{color}' stroke-width='3'", False))
         for index, value in enumerate(values.y):
             if value is None:
                 continue

@@ -87,7 +87,10 @@ def _curves(result: Mapping[str, Any]) -> str:
         if len(series) > 1:
             series.append(
                 Series(
-                    "worst case", [w["eps"] for w in worst], [w["robust_accuracy"] for w in worst]
+                    "worst case",
+                    [w["eps"] for w in worst],
+                    [w["robust_accuracy"] for w in worst],
+                    band=True,
                 )
             )
         noise = [n for n in result.get("noise_baseline", []) if n["norm"] == norm]

@@ -80,7 +80,9 @@ def test_a_sharded_audit_equals_the_whole(data, whole, shards) -> None:
     assert_same(ours, theirs)
     assert merged.per_sample.keys() == whole.per_sample.keys()
     for name, array in whole.per_sample.items():
-        if name.startswith(("adversarial_", "confidences")):
+        # Predictions, labels and fooled flags are exact; confidences and perturbations are
+        # floats computed at another batch shape.
+        if np.issubdtype(np.asarray(array).dtype, np.floating):
             assert np.allclose(merged.per_sample[name], array, atol=1e-5, equal_nan=True), name
         else:
             assert np.array_equal(merged.per_sample[name], array, equal_nan=True), name
