@@ -106,6 +106,18 @@ class Settings(BaseSettings):
     worker_queue: str = Field("gauntlet", description="Celery queue name workers consume.")
     eval_batch_size: int = Field(256, description="Examples per attack batch.")
 
+    # --- Operations: metrics and logs ---------------------------------------------------
+    metrics_token: SecretStr | None = Field(
+        None,
+        description="When set, GET /metrics needs 'Authorization: Bearer <this token>' (it "
+        "shows every tenant's job counts); unset, it is open (development default).",
+    )
+    log_format: Literal["plain", "json"] = Field(
+        "plain",
+        description="'json': one JSON object per log line, with job_id (workers) or "
+        "request_id (API) when there is one; 'plain': text.",
+    )
+
     # --- The model jail (worker/jail): where untrusted model code runs --------------------
     jail_mode: Literal["auto", "namespaces", "process"] = Field(
         "auto",
@@ -157,6 +169,8 @@ class Settings(BaseSettings):
             self.public_url = f"http://{self.host}:{self.port}"
         if self.broker_visibility_timeout <= 0:
             self.broker_visibility_timeout = 2 * self.job_time_limit_seconds
+        if self.metrics_token is not None and not self.metrics_token.get_secret_value():
+            self.metrics_token = None
         if self.heartbeat_seconds >= self.lease_seconds:
             raise ValueError("heartbeat_seconds must be shorter than lease_seconds")
         if self.environment == "production":
@@ -164,6 +178,11 @@ class Settings(BaseSettings):
                 raise ValueError("GAUNTLET_API_KEY_PEPPER must be set in production")
             if self.database_url.startswith("sqlite"):
                 raise ValueError("production needs GAUNTLET_DATABASE_URL (Postgres), not SQLite")
+            if self.metrics_token is None:
+                raise ValueError(
+                    "GAUNTLET_METRICS_TOKEN must be set in production (/metrics shows every "
+                    "tenant's job counts)"
+                )
         return self
 
     @property

@@ -185,3 +185,14 @@ class Artifact(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     __table_args__ = (UniqueConstraint("job_id", "name", name="uq_artifacts_job_name"),)
+
+
+class MetricCounter(Base):
+    """A Prometheus counter that any process may increment (service/metrics.py): events that
+    leave no row of their own, counted in the transaction that makes them."""
+
+    __tablename__ = "metric_counters"
+
+    name: Mapped[str] = mapped_column(String(80), primary_key=True)
+    labels: Mapped[str] = mapped_column(String(400), primary_key=True)
+    value: Mapped[int] = mapped_column(BigInteger, default=0)

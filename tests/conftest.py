@@ -24,7 +24,7 @@ from service.queue import get_celery
 from service.settings import Settings, get_settings
 from service.tenants.service import authenticate
 
-TABLES = ("artifacts", "jobs", "models", "datasets", "api_keys", "tenants")
+TABLES = ("metric_counters", "artifacts", "jobs", "models", "datasets", "api_keys", "tenants")
 SERVER_DATABASE_URL = os.environ.get("GAUNTLET_TEST_DATABASE_URL", "")
 SERVER_BROKER_URL = os.environ.get("GAUNTLET_TEST_BROKER_URL", "")
 

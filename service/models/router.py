@@ -14,7 +14,14 @@ from service.deps import PrincipalDep, SessionDep, SettingsDep
 from service.models import repository, service
 from service.models.schemas import ModelList, ModelMeta, ModelRead
 from service.pagination import Cursor, Limit, next_cursor
-from service.problems import FieldError, ProblemError, field_errors, invalid, validation_problem
+from service.problems import (
+    FieldError,
+    ProblemError,
+    field_errors,
+    invalid,
+    problem_responses,
+    validation_problem,
+)
 from service.settings import UPLOAD_FIELD_BYTES, UPLOAD_MAX_FIELDS, Settings
 from service.storage import get_store
 from service.untrusted_json import UntrustedJsonError, load_untrusted_json
@@ -52,6 +59,7 @@ def parse_meta(raw: str, settings: Settings) -> ModelMeta:
 @router.post(
     "",
     status_code=202,
+    responses=problem_responses(400),
     form_limits={
         "max_files": 1,
         "max_fields": UPLOAD_MAX_FIELDS,
