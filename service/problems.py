@@ -126,21 +126,31 @@ def problem_openapi(schema: dict[str, Any]) -> dict[str, Any]:
     return schema
 
 
+# The methods a 405's ``Allow`` may name (every one a route here could declare).
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
 def allowed_methods(request: Request) -> list[str]:
     """Every method some route of the request's path answers (for a 405's ``Allow``).
 
     Starlette's router stops at the first route whose path matches, so its ``Allow`` names
-    only that route's methods, not those of the path's other routes.
+    only that route's methods, not those of the path's other routes (GET and DELETE of
+    ``/v1/models/{id}`` are two routes).
     """
-    methods: set[str] = set()
-    scope = {**request.scope, "method": ""}  # any method: only the path must match
-    for route in request.app.routes:
-        match, _ = route.matches(scope)
-        if match != Match.NONE:
-            methods |= set(getattr(route, "methods", None) or ())
-    if "GET" in methods:
-        methods.add("HEAD")
-    return sorted(methods)
+    allowed = []
+    for method in _METHODS:
+        # A bare scope: only the path and the method decide a match.
+        scope = {
+            "type": "http",
+            "path": request.scope["path"],
+            "root_path": request.scope.get("root_path", ""),
+            "method": method,
+            "headers": [],
+            "query_string": b"",
+        }
+        if any(route.matches(scope)[0] == Match.FULL for route in request.app.routes):
+            allowed.append(method)
+    return allowed
 
 
 def problem_response(
