@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from fastapi import FastAPI
 
-from service import architectures, health, presets
+from service import architectures, health, logs, presets
 from service.datasets.router import router as datasets_router
 from service.jobs.router import router as jobs_router
 from service.limits import RequestGuard
@@ -29,7 +28,7 @@ audit (`POST /v1/jobs`), poll `GET /v1/jobs/{id}` and read `result`. Every reque
 def create_app() -> FastAPI:
     """Build the API application."""
     settings = get_settings()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logs.configure(settings.log_format)
     problem_responses = {
         status: {"model": Problem, "content": {"application/problem+json": {}}}
         for status in (401, 404, 413, 422)
@@ -73,6 +72,7 @@ def create_app() -> FastAPI:
         public_paths=public_paths,
     )
     app.add_middleware(health.MetricsMiddleware)
+    app.add_middleware(logs.RequestIdMiddleware)
     _document_as_served(app, public_paths)
     return app
 

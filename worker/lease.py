@@ -11,6 +11,7 @@ final write are retried with backoff for as long as the lease lasts.
 
 from __future__ import annotations
 
+import contextvars
 import datetime as dt
 import logging
 import os
@@ -101,8 +102,10 @@ class Lease:
             delay = min(delay * 2, _MAX_RETRY_SECONDS)
 
     def __enter__(self) -> Lease:
+        # The heartbeat's log lines belong to the job too (service.logs.job_id).
+        context = contextvars.copy_context()
         self._thread = threading.Thread(
-            target=self._heartbeat, name=f"lease-{self.job_id}", daemon=True
+            target=context.run, args=(self._heartbeat,), name=f"lease-{self.job_id}", daemon=True
         )
         self._thread.start()
         return self

@@ -75,7 +75,13 @@ def reconcile_once(settings: Settings | None = None) -> dict[str, int]:
             runner = RUNNERS.get(job.kind)
             if outcome == "failed" and runner is not None:
                 runner.on_failure(session, job, values["error"])  # type: ignore[arg-type]
-        logger.warning("job %s: lease of %s expired; %s", job.id, job.lease_owner, outcome)
+        logger.warning(
+            "job %s: lease of %s expired; %s",
+            job.id,
+            job.lease_owner,
+            outcome,
+            extra={"job_id": job.id},
+        )
         counts[outcome] += 1
         if outcome != "requeued" and job.parent_id is not None:
             finish_part(job.parent_id)

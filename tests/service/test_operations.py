@@ -4,6 +4,10 @@ the OpenAPI document's problem responses."""
 from __future__ import annotations
 
 import datetime as dt
+import io
+import json
+import logging
+import sys
 
 import pytest
 import yaml
@@ -11,7 +15,7 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
 
-from service import metrics
+from service import logs, metrics
 from service.admin import openapi_yaml
 from service.app import create_app
 from service.database import session_scope, utcnow
@@ -218,3 +222,48 @@ def test_problems_are_documented_as_problem_json_only() -> None:
     assert list(paths["/metrics"]["get"]["responses"]["200"]["content"]) == ["text/plain"]
     artifact = paths["/v1/jobs/{job_id}/artifacts/{name}"]["get"]["responses"]["200"]
     assert "application/json" not in artifact["content"]
+
+
+def test_a_request_id_is_kept_when_plain_and_made_otherwise(client: TestClient) -> None:
+    kept = client.get("/healthz", headers={"X-Request-ID": "ci-run-42.step:3"})
+    assert kept.headers["x-request-id"] == "ci-run-42.step:3"
+    made = client.get("/healthz", headers={"X-Request-ID": "x" * 200})
+    assert len(made.headers["x-request-id"]) == 16
+    assert made.headers["x-request-id"] != client.get("/healthz").headers["x-request-id"]
+
+
+def test_json_log_lines_carry_the_job_id_and_the_traceback() -> None:
+    handler = logging.StreamHandler(io.StringIO())
+    logs.install([handler], "json")
+    record = logging.LogRecord(
+        "worker.execution", logging.ERROR, __file__, 1, "boom %s", ("x",), None
+    )
+    token = logs.job_id.set("j_0123abcd")
+    try:
+        try:
+            raise RuntimeError("inner")
+        except RuntimeError:
+            record.exc_info = sys.exc_info()
+        assert handler.filter(record)
+        entry = json.loads(handler.format(record))
+    finally:
+        logs.job_id.reset(token)
+    assert entry["job_id"] == "j_0123abcd"
+    assert entry["message"] == "boom x"
+    assert entry["level"] == "ERROR"
+    assert "RuntimeError: inner" in entry["exception"]
+    assert "request_id" not in entry
+
+
+def test_celery_task_lines_name_the_job_of_their_task() -> None:
+    record = logging.LogRecord(
+        "celery.worker.strategy",
+        logging.INFO,
+        __file__,
+        1,
+        "Task %(name)s[%(id)s] received",
+        ({"name": "jobs.run", "id": "c0ffee", "args": "('j_00ff',)", "kwargs": "{}"},),
+        None,
+    )
+    assert logs.ContextFilter().filter(record)
+    assert record.job_id == "j_00ff"
