@@ -44,7 +44,7 @@ api: $(VENV)/.installed-serve
 	$(BIN)/uvicorn service.main:app --host 0.0.0.0 --port $${GAUNTLET_PORT:-8000}
 
 worker: $(VENV)/.installed-serve
-	$(BIN)/celery -A worker.celery_app worker --concurrency 1 --loglevel INFO
+	$(BIN)/celery -A worker.celery_app worker --concurrency 1 --loglevel INFO --without-heartbeat --without-gossip --without-mingle
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache
