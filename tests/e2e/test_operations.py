@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
@@ -24,6 +25,16 @@ def json_logs(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     return None
 
 
+def wait_for_line(log: Path, text: str, start: int = 0, timeout: float = 30) -> str:
+    """What ``log`` holds from byte ``start`` once ``text`` is in it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        written = log.read_bytes()[start:].decode(errors="replace")
+        if text in written or time.monotonic() > deadline:
+            return written
+        time.sleep(0.2)
+
+
 def _lines(text: str) -> list[str]:
     return [line for line in text.splitlines() if line.strip()]
 
@@ -34,7 +45,8 @@ def test_every_line_a_job_logs_is_json_with_its_job_id(
     model = upload_model(live_service, digits_onnx(), meta("onnx"), "digits.onnx")
     assert model["status"] == "ready", model
     worker_log = live_service.logs / "worker0.log"
-    time.sleep(1.0)  # the validation's last lines (its task's "succeeded") are written
+    # The validation job's last line (Celery's "succeeded") comes after its final write.
+    wait_for_line(worker_log, "succeeded in")
     before = len(worker_log.read_bytes())
 
     with live_service.client() as client:
@@ -58,12 +70,7 @@ def test_every_line_a_job_logs_is_json_with_its_job_id(
 
     # The job's lines: everything the worker wrote from the submission until the task's own
     # "succeeded" line (Celery's, written after the job's final write).
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        written = worker_log.read_bytes()[before:].decode()
-        if "succeeded in" in written:
-            break
-        time.sleep(0.2)
+    written = wait_for_line(worker_log, "succeeded in", start=before)
     lines = _lines(written)
     assert len(lines) >= 3, written
     entries = []
