@@ -87,12 +87,19 @@ def _document_as_served(app: FastAPI, public_paths: set[str]) -> None:
         if app.openapi_schema is None:
             schema = problem_openapi(generate())
             schema.setdefault("components", {})["securitySchemes"] = {
-                "apiKey": {"type": "http", "scheme": "bearer", "description": "An API key."}
+                "apiKey": {"type": "http", "scheme": "bearer", "description": "An API key."},
+                "metricsToken": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "GAUNTLET_METRICS_TOKEN, when the server sets one.",
+                },
             }
             schema["security"] = [{"apiKey": []}]
             for path, operations in schema.get("paths", {}).items():
                 for operation in operations.values():
-                    if path in public_paths:
+                    if path == "/metrics":
+                        operation["security"] = [{"metricsToken": []}, {}]
+                    elif path in public_paths:
                         operation["security"] = []
                     elif operation.get("operationId", "").startswith("job_report_"):
                         operation["security"] = [{"apiKey": []}, {}]
