@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy.orm import Session
 
+from service.blobs.service import release_inputs_after_commit
 from service.database import is_transient, session_scope, utcnow
 from service.jobs import repository
 from service.settings import Settings
@@ -268,6 +269,7 @@ class Lease:
                     return False
                 if also is not None:
                     also(session)
+                release_inputs_after_commit(session, get_store(), self.job_id)
             return True
 
         written = self.retry(write)

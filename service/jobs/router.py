@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, Query, Request, Response
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, StreamingResponse
 
 from service.deps import OptionalPrincipalDep, PrincipalDep, SessionDep, SettingsDep
 from service.jobs import repository, service
@@ -139,8 +139,12 @@ def get_artifact(principal: PrincipalDep, session: SessionDep, job_id: str, name
     artifact = repository.get_artifact(session, job.id, name)
     if artifact is None:
         raise not_found("artifact", name)
-    return Response(
-        get_store().read_bytes(artifact.sha256),
+    # Streamed from the store: a checkpoint or an exported model can be large.
+    return StreamingResponse(
+        get_store().iter_chunks(artifact.sha256),
         media_type=artifact.content_type,
-        headers={"Content-Disposition": f'attachment; filename="{artifact.name}"'},
+        headers={
+            "Content-Disposition": f'attachment; filename="{artifact.name}"',
+            "Content-Length": str(artifact.size),
+        },
     )
