@@ -109,9 +109,7 @@ def test_size_cap_leaves_nothing(store: ArtifactStore, tmp_path: Path) -> None:
     assert store.put_stream(io.BytesIO(b"x" * 3 * MiB), max_bytes=3 * MiB)[1] == 3 * MiB
 
 
-def test_s3_keys_are_prefix_and_digest(
-    s3_server: S3Server, s3_bucket: str
-) -> None:
+def test_s3_keys_are_prefix_and_digest(s3_server: S3Server, s3_bucket: str) -> None:
     store = S3ArtifactStore(s3_server.client(), s3_bucket, "tenant-a/blobs/")
     sha256, _ = store.put_bytes(b"abc")
     assert object_keys(s3_server, s3_bucket) == [f"tenant-a/blobs/{sha256}"]
