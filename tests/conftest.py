@@ -247,6 +247,10 @@ def settings(
     truncate(backend.database_url)
     if server is not None:
         server.empty_bucket(current.s3_bucket)
+        # A local store (this process's or a service process's) creates its folder: none may
+        # have, or some code path ignored GAUNTLET_ARTIFACT_STORE=s3.
+        assert current.artifact_dir is not None
+        assert not current.artifact_dir.exists(), "a local artifact store was used"
 
 
 @dataclass(frozen=True)

@@ -143,7 +143,7 @@ def test_s3_big_upload_streams_in_parts(s3_server: S3Server, s3_bucket: str) -> 
 
 
 def test_get_store_follows_the_settings(
-    settings: Settings, s3_server: S3Server, monkeypatch: pytest.MonkeyPatch
+    settings: Settings, s3_server: S3Server, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     from service.settings import get_settings
 
@@ -164,8 +164,11 @@ def test_get_store_follows_the_settings(
     sha256, _ = store.put_bytes(b"through the settings")
     assert object_keys(s3_server, bucket) == [f"p/{sha256}"]
     monkeypatch.setenv("GAUNTLET_ARTIFACT_STORE", "local")
+    monkeypatch.setenv("GAUNTLET_ARTIFACT_DIR", str(tmp_path / "local"))
     get_settings.cache_clear()
-    assert isinstance(get_store(), LocalArtifactStore)
+    local = get_store()
+    assert isinstance(local, LocalArtifactStore)
+    assert local.root == tmp_path / "local"
 
 
 def test_s3_store_needs_a_bucket() -> None:
