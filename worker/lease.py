@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy.orm import Session
 
-from service.blobs.service import release_inputs_after_commit
+from service.blobs.service import release_after_commit, release_inputs_after_commit
 from service.database import is_transient, session_scope, utcnow
 from service.jobs import repository
 from service.settings import Settings
@@ -182,7 +182,7 @@ class Lease:
                 ):
                     session.rollback()
                     return False
-                repository.replace_artifact(
+                replaced = repository.replace_artifact(
                     session,
                     Artifact(
                         id=new_id("a"),
@@ -194,6 +194,9 @@ class Lease:
                         content_type=content_type,
                     ),
                 )
+                # An earlier checkpoint's bytes go, unless another row has them too.
+                for old_sha256 in replaced:
+                    release_after_commit(session, get_store(), old_sha256)
             return True
 
         if not self.retry(record):

@@ -86,7 +86,7 @@ def get_job(principal: PrincipalDep, session: SessionDep, job_id: str) -> JobRea
 @router.post("/{job_id}/cancel", status_code=202)
 def cancel_job(principal: PrincipalDep, session: SessionDep, job_id: str) -> JobRead:
     """Cancel a job: a queued one at once, a running one at its worker's next heartbeat."""
-    return JobRead.from_row(service.cancel(session, principal, job_id))
+    return JobRead.from_row(service.cancel(session, principal, job_id, store=get_store()))
 
 
 @router.get("/{job_id}/report", response_class=HTMLResponse, name="job_report")

@@ -138,3 +138,70 @@ def test_a_failed_delete_keeps_the_bytes(client: TestClient, make_tenant) -> Non
     sha256 = hashlib.sha256(b"not yours").hexdigest()
     assert client.delete(f"/v1/models/{model_id}", headers=intruder.headers).status_code == 404
     assert get_store().exists(sha256)
+
+
+def test_cancelling_a_queued_audit_of_a_deleted_model_releases_its_file(
+    client: TestClient, make_tenant, settings: Settings
+) -> None:
+    tenant = make_tenant()
+    model_id = model_row(tenant.id, data=b"model of a queued audit")
+    sha256 = hashlib.sha256(b"model of a queued audit").hexdigest()
+    job_id = queued_job(settings, tenant.id, audit_spec(model_id))
+    assert client.delete(f"/v1/models/{model_id}", headers=tenant.headers).status_code == 204
+    assert get_store().exists(sha256), "the queued audit will read it"
+    cancelled = client.post(f"/v1/jobs/{job_id}/cancel", headers=tenant.headers)
+    assert cancelled.status_code == 202, cancelled.text
+    assert cancelled.json()["status"] == "cancelled"
+    assert not get_store().exists(sha256)
+
+
+def test_a_job_given_up_by_the_reconciler_releases_a_deleted_models_file(
+    client: TestClient, make_tenant, settings: Settings
+) -> None:
+    import datetime as dt
+
+    from sqlalchemy import update
+
+    from service.tables import Job
+    from worker.lease import Lease
+    from worker.reconciler import reconcile_once
+
+    tenant = make_tenant()
+    model_id = model_row(tenant.id, data=b"model of a lost audit")
+    sha256 = hashlib.sha256(b"model of a lost audit").hexdigest()
+    job_id = queued_job(settings, tenant.id, audit_spec(model_id))
+    assert Lease(job_id, settings).claim()
+    assert client.delete(f"/v1/models/{model_id}", headers=tenant.headers).status_code == 204
+    assert get_store().exists(sha256)
+    with session_scope() as session:  # its worker died on its last attempt
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id)
+            .values(
+                attempt=Job.max_attempts,
+                lease_expires_at=dt.datetime.now(dt.UTC) - dt.timedelta(seconds=5),
+            )
+        )
+    assert reconcile_once(settings)["failed"] == 1
+    assert not get_store().exists(sha256)
+
+
+def test_a_replaced_checkpoint_releases_the_earlier_ones_bytes(
+    make_tenant, settings: Settings
+) -> None:
+    from worker.lease import Lease
+
+    tenant = make_tenant()
+    model_id = model_row(tenant.id, data=b"model of a training")
+    job_id = queued_job(settings, tenant.id, audit_spec(model_id))
+    lease = Lease(job_id, settings)
+    assert lease.claim()
+    first = lease.put_artifact("checkpoint.pt", b"epoch 1", "application/octet-stream")
+    assert get_store().exists(first["sha256"])
+    second = lease.put_artifact("checkpoint.pt", b"epoch 2", "application/octet-stream")
+    assert not get_store().exists(first["sha256"])
+    assert get_store().read_bytes(second["sha256"]) == b"epoch 2"
+    again = lease.put_artifact("checkpoint.pt", b"epoch 2", "application/octet-stream")
+    assert again["sha256"] == second["sha256"]
+    assert get_store().exists(second["sha256"]), "the same bytes, still referenced"
+    assert lease.read_artifact("checkpoint.pt") == b"epoch 2"
