@@ -315,8 +315,13 @@ def _s3_client(
 ) -> S3Client:
     # One client per process (keyed by pid: a forked worker must not share its parent's
     # connections) and configuration; boto3 clients are thread-safe.
-    import boto3
-    from botocore.config import Config
+    try:
+        import boto3
+        from botocore.config import Config
+    except ImportError:
+        raise RuntimeError(
+            "GAUNTLET_ARTIFACT_STORE=s3 needs boto3: install the 's3' extra (pip install '.[s3]')"
+        ) from None
 
     return boto3.session.Session().client(
         "s3",
