@@ -14,11 +14,11 @@ $(BIN)/python:
 
 $(VENV)/.installed-serve: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q "$(TORCH)"
-	$(BIN)/pip install -q -e ".[worker]"
+	$(BIN)/pip install -q -e ".[worker,s3]"
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed-serve
-	$(BIN)/pip install -q -e ".[worker,dev]"
+	$(BIN)/pip install -q -e ".[worker,s3,dev]"
 	# An independent attack implementation to check ours against; --no-deps keeps its
 	# requirements (torchvision, which pulls CUDA wheels) out.
 	$(BIN)/pip install -q --no-deps "torchattacks==3.5.1"

@@ -40,8 +40,27 @@ class Settings(BaseSettings):
     )
     database_url: str = Field("", description="SQLAlchemy URL; default: SQLite in data_dir.")
     broker_url: str = Field("", description="Celery broker URL; default: filesystem in data_dir.")
+    artifact_store: Literal["local", "s3"] = Field(
+        "local",
+        description="Where artifacts (models, datasets, job files) live: 'local' (a folder, "
+        "artifact_dir) or 's3' (a bucket of an S3-compatible object store).",
+    )
     artifact_dir: Path | None = Field(
         None, description="Artifact store folder; default data_dir/artifacts."
+    )
+    s3_bucket: str = Field("", description="The bucket of the 's3' artifact store.")
+    s3_prefix: str = Field(
+        "", description="Key prefix inside the bucket (e.g. 'gauntlet/'); keys are prefix+sha256."
+    )
+    s3_endpoint_url: str = Field(
+        "", description="S3 endpoint (MinIO, Ceph, ...); default: AWS for the region."
+    )
+    s3_region: str = Field("", description="S3 region; default: boto3's (AWS_DEFAULT_REGION).")
+    s3_access_key_id: str = Field(
+        "", description="S3 access key; default: boto3's chain (AWS_ACCESS_KEY_ID, a role)."
+    )
+    s3_secret_access_key: SecretStr = Field(
+        SecretStr(""), description="S3 secret key; default: boto3's chain."
     )
     api_key_pepper: SecretStr = Field(
         SecretStr(_DEV_PEPPER), description="Secret mixed into API key hashes (HMAC-SHA256)."
@@ -165,6 +184,8 @@ class Settings(BaseSettings):
             self.broker_url = "filesystem://"
         if self.artifact_dir is None:
             self.artifact_dir = self.data_dir / "artifacts"
+        if self.artifact_store == "s3" and not self.s3_bucket:
+            raise ValueError("GAUNTLET_ARTIFACT_STORE=s3 needs GAUNTLET_S3_BUCKET")
         if not self.public_url:
             self.public_url = f"http://{self.host}:{self.port}"
         if self.broker_visibility_timeout <= 0:

@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy.orm import Session
 
+from service.blobs.service import release_after_commit, release_inputs_after_commit
 from service.database import is_transient, session_scope, utcnow
 from service.jobs import repository
 from service.settings import Settings
@@ -184,7 +185,7 @@ class Lease:
                 ):
                     session.rollback()
                     return False
-                repository.replace_artifact(
+                replaced = repository.replace_artifact(
                     session,
                     Artifact(
                         id=new_id("a"),
@@ -196,6 +197,9 @@ class Lease:
                         content_type=content_type,
                     ),
                 )
+                # An earlier checkpoint's bytes go, unless another row has them too.
+                for old_sha256 in replaced:
+                    release_after_commit(session, get_store(), old_sha256)
             return True
 
         if not self.retry(record):
@@ -271,6 +275,7 @@ class Lease:
                     return False
                 if also is not None:
                     also(session)
+                release_inputs_after_commit(session, get_store(), self.job_id)
             return True
 
         written = self.retry(write)

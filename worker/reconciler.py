@@ -15,10 +15,12 @@ import logging
 import threading
 
 from service import metrics
+from service.blobs.service import release_inputs_after_commit
 from service.database import session_scope, utcnow
 from service.jobs import repository
 from service.jobs.service import dispatch, finish_part
 from service.settings import Settings, get_settings
+from service.storage import get_store
 from service.tables import JobStatus
 from worker.runners import RUNNERS
 
@@ -75,6 +77,8 @@ def reconcile_once(settings: Settings | None = None) -> dict[str, int]:
             runner = RUNNERS.get(job.kind)
             if outcome == "failed" and runner is not None:
                 runner.on_failure(session, job, values["error"])  # type: ignore[arg-type]
+            if outcome != "requeued":
+                release_inputs_after_commit(session, get_store(), job.id)
         logger.warning(
             "job %s: lease of %s expired; %s",
             job.id,

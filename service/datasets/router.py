@@ -72,5 +72,5 @@ def get_dataset(principal: PrincipalDep, session: SessionDep, dataset_id: str) -
 @router.delete("/{dataset_id}", status_code=204, responses=problem_responses(409))
 def delete_dataset(principal: PrincipalDep, session: SessionDep, dataset_id: str) -> Response:
     """Delete an uploaded dataset; jobs that used it keep their results."""
-    service.delete_dataset(session, principal, dataset_id)
+    service.delete_dataset(session, principal, dataset_id, store=get_store())
     return Response(status_code=204)

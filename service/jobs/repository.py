@@ -292,12 +292,16 @@ def touch_owned(session: Session, job_id: str, owner: str, now: dt.datetime) -> 
     return _changed(session, update(Job).where(*_owned(job_id, owner)).values(updated_at=now))
 
 
-def replace_artifact(session: Session, artifact: Artifact) -> None:
-    """Stage an artifact row, replacing the job's earlier one of the same name."""
-    session.execute(
-        delete(Artifact).where(Artifact.job_id == artifact.job_id, Artifact.name == artifact.name)
-    )
+def replace_artifact(session: Session, artifact: Artifact) -> list[str]:
+    """Stage an artifact row, replacing the job's earlier one of the same name; returns the
+    blobs of the rows it replaced."""
+    replaced = session.scalars(
+        delete(Artifact)
+        .where(Artifact.job_id == artifact.job_id, Artifact.name == artifact.name)
+        .returning(Artifact.sha256)
+    ).all()
     add_artifact(session, artifact)
+    return list(replaced)
 
 
 def requeue_to_continue(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, Query, Request, Response
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, StreamingResponse
 
 from service.deps import OptionalPrincipalDep, PrincipalDep, SessionDep, SettingsDep
 from service.jobs import repository, service
@@ -99,7 +99,7 @@ def get_job(principal: PrincipalDep, session: SessionDep, job_id: str) -> JobRea
 @router.post("/{job_id}/cancel", status_code=202, responses=problem_responses(409))
 def cancel_job(principal: PrincipalDep, session: SessionDep, job_id: str) -> JobRead:
     """Cancel a job: a queued one at once, a running one at its worker's next heartbeat."""
-    return JobRead.from_row(service.cancel(session, principal, job_id))
+    return JobRead.from_row(service.cancel(session, principal, job_id, store=get_store()))
 
 
 @router.get("/{job_id}/report", response_class=HTMLResponse, name="job_report")
@@ -164,8 +164,12 @@ def get_artifact(principal: PrincipalDep, session: SessionDep, job_id: str, name
     artifact = repository.get_artifact(session, job.id, name)
     if artifact is None:
         raise not_found("artifact", name)
-    return Response(
-        get_store().read_bytes(artifact.sha256),
+    # Streamed from the store: a checkpoint or an exported model can be large.
+    return StreamingResponse(
+        get_store().iter_chunks(artifact.sha256),
         media_type=artifact.content_type,
-        headers={"Content-Disposition": f'attachment; filename="{artifact.name}"'},
+        headers={
+            "Content-Disposition": f'attachment; filename="{artifact.name}"',
+            "Content-Length": str(artifact.size),
+        },
     )

@@ -7,8 +7,10 @@ from typing import Any, Protocol
 
 from sqlalchemy.orm import Session
 
+from service.blobs.service import release_after_commit
 from service.jobs import repository as jobs
 from service.settings import Settings
+from service.storage import get_store
 from service.tables import Artifact, Job, Model, new_id
 from worker.jail import JailError
 from worker.jail.config import jail_mode, refuses_format
@@ -45,7 +47,7 @@ class Runner(Protocol):
 def record_artifacts(session: Session, job: Job, artifacts: Iterable[dict[str, Any]]) -> None:
     """Rows for the files a result lists (each replaces an earlier one of its name)."""
     for artifact in artifacts:
-        jobs.replace_artifact(
+        replaced = jobs.replace_artifact(
             session,
             Artifact(
                 id=new_id("a"),
@@ -57,6 +59,9 @@ def record_artifacts(session: Session, job: Job, artifacts: Iterable[dict[str, A
                 content_type=artifact["content_type"],
             ),
         )
+        # An earlier attempt's file of that name goes, unless another row has its bytes.
+        for sha256 in replaced:
+            release_after_commit(session, get_store(), sha256)
 
 
 def jailed_model(row: Model, settings: Settings) -> dict[str, Any]:

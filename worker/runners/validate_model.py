@@ -19,7 +19,6 @@ from worker.jail import JailError, run_in_jail
 from worker.jail.config import jail_mode, jail_pool, validation_limits
 from worker.jail.errors import SANDBOX_VIOLATION
 from worker.lease import Lease
-from worker.loading import stored_file
 from worker.runners.base import jailed_model, lease_stopper
 
 
@@ -39,7 +38,7 @@ class ValidateModelRunner:
             raise LookupError(f"model {job.spec['model_id']} is gone")
         lease.report(0.0, "starting", "starting the model's jail", force=True)
         payload = jailed_model(row, settings)
-        with stored_file(get_store(), row.file_sha256) as path:
+        with get_store().local_file(row.file_sha256) as path:
             result = run_in_jail(
                 "validate_model",
                 payload,
