@@ -8,11 +8,11 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from service.jobs.kinds import typed_result
-from service.jobs.results import AuditResult, TrainResult, ValidationResult
+from service.jobs.results import AuditResult, TrainResult, TransferResult, ValidationResult
 from service.tables import Artifact, Job
 
 # A result as its kind's model; documents of kinds this server does not know stay untyped.
-JobResult = AuditResult | TrainResult | ValidationResult | dict[str, Any]
+JobResult = AuditResult | TrainResult | TransferResult | ValidationResult | dict[str, Any]
 
 
 class Progress(BaseModel):
