@@ -131,22 +131,29 @@ class TransferSpec(_Strict):
         """Cells of the matrix: sources x targets x eps."""
         return len(self.sources) * len(self.targets) * len(self.attack.radii())
 
-    @model_validator(mode="after")
-    def _distinct(self) -> TransferSpec:
+    @field_validator("sources")
+    @classmethod
+    def _distinct_sources(cls, sources: list[str | list[str]]) -> list[str | list[str]]:
         seen: dict[tuple[str, ...], int] = {}
-        for index, members in enumerate(self.source_members()):
+        for index, source in enumerate(sources):
+            members = [source] if isinstance(source, str) else list(source)
             if len(set(members)) != len(members):
                 raise ValueError(f"sources[{index}]: an ensemble lists a model twice")
             key = tuple(members)
             if key in seen:
                 raise ValueError(f"sources[{index}] repeats sources[{seen[key]}]")
             seen[key] = index
-        targets: dict[str, int] = {}
-        for index, target in enumerate(self.targets):
-            if target in targets:
-                raise ValueError(f"targets[{index}] repeats targets[{targets[target]}]")
-            targets[target] = index
-        return self
+        return sources
+
+    @field_validator("targets")
+    @classmethod
+    def _distinct_targets(cls, targets: list[str]) -> list[str]:
+        seen: dict[str, int] = {}
+        for index, target in enumerate(targets):
+            if target in seen:
+                raise ValueError(f"targets[{index}] repeats targets[{seen[target]}]")
+            seen[target] = index
+        return targets
 
 
 class TransferCraftSpec(_Strict):
