@@ -52,8 +52,11 @@ class Admission:
 def admit_audit(
     session: Session, principal: Principal, spec: AuditSpec, settings: Settings
 ) -> Admission:
-    """An audit needs a ready model of the tenant and data that fits it."""
+    """An audit needs a ready model of the tenant and data that fits it; a black-box model
+    is audited with score-based attacks only (:meth:`AuditSpec.for_black_box`)."""
     model = ready_model(session, principal, spec.model_id)
+    if model.black_box:
+        spec = spec.for_black_box()
     dataset = get_dataset(session, principal, spec.dataset_id)
     check_audit_fits(spec, model, dataset, settings)
     examples = min(spec.limit or dataset.splits[spec.split], dataset.splits[spec.split])

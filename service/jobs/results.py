@@ -339,6 +339,16 @@ def audit_notes(spec: AuditSpec, strength: Strength, gate: GateResult | None) ->
                 "stronger attack (the autoattack preset) can find more.",
             )
         )
+    if spec.black_box:
+        notes.append(
+            Note(
+                code="black_box_model",
+                message="The model is a black box (run in onnxruntime, never differentiated): "
+                "only score-based attacks ran (Square; a preset keeps only those), and the "
+                "gradient checks and the large-eps PGD check were skipped. Robust accuracy "
+                "against gradient attacks on a differentiable copy could be lower.",
+            )
+        )
     if not spec.checks:
         notes.append(
             Note(
