@@ -155,6 +155,12 @@ def test_a_transfer_matrix_through_parts_equals_the_one_process_matrix(  # type:
         for artifact in written:
             crafted_set = crafted_from_bytes(get_store().read_bytes(artifact.sha256))
             assert crafted_set.num_examples == LIMIT
+        # Parts are jobs a client can read, with their typed results.
+        for part in children(job_id):
+            read = client.get(f"/v1/jobs/{part.id}", headers=tenant.headers)
+            assert read.status_code == 200, read.text
+            assert read.json()["parent_id"] == job_id
+            assert read.json()["result"] == part.result
         listed = client.get(f"/v1/jobs/{job_id}/artifacts", headers=tenant.headers).json()
         assert {a["name"] for a in listed} >= {c["artifact"] for c in result["crafted"]}
         report = client.get(f"/v1/jobs/{job_id}/report", headers=tenant.headers)
