@@ -167,18 +167,32 @@ def test_a_transfer_matrix_through_parts_equals_the_one_process_matrix(  # type:
         assert report.status_code == 200
         assert "ensemble(cnn-a+cnn-b)" in report.text
 
-        # A later job with the same sources, data, attack and seed reuses every crafted set.
+        # A later job with the same sources, data, attack and seed reuses the crafted sets
+        # of the eps they share (0.2) and crafts the others (0.3).
         again = client.post(
             "/v1/jobs",
             headers=tenant.headers,
-            json={**spec, "targets": [ids["tree"], ids["cnn-b"]]},
+            json={
+                **spec,
+                "targets": [ids["tree"], ids["cnn-b"]],
+                "attack": {**ATTACK, "eps": [0.2, 0.3]},
+            },
         )
         assert again.status_code == 202, again.text
-        reused = run_transfer(again.json()["id"], crafts=0)
-        assert all(c["reused"] for c in reused["crafted"] + reused["cells"])
+        reused = run_transfer(again.json()["id"], crafts=2)
+        assert {(c["source"], c["eps"]): c["reused"] for c in reused["crafted"]} == {
+            ("cnn-a", 0.2): True,
+            ("ensemble(cnn-a+cnn-b)", 0.2): True,
+            ("cnn-a", 0.3): False,
+            ("ensemble(cnn-a+cnn-b)", 0.3): False,
+        }
         first = {(c["source"], c["target"], c["eps"]): c for c in result["cells"]}
         for cell in reused["cells"]:
-            assert {**cell, "reused": False} == first[(cell["source"], cell["target"], cell["eps"])]
+            assert cell["reused"] is (cell["eps"] == 0.2)
+            if cell["eps"] == 0.2:
+                assert {**cell, "reused": False} == first[(cell["source"], cell["target"], 0.2)]
+        stored = {c["artifact"] for c in result["crafted"] if c["eps"] == 0.2}
+        assert stored <= {c["artifact"] for c in reused["crafted"]}
 
 
 def test_cancelling_a_transfer_cancels_its_parts(settings, make_tenant) -> None:  # type: ignore[no-untyped-def]

@@ -274,8 +274,12 @@ class TransferRunner:
         missing = [(source, eps, key) for (source, eps, key), ref in refs.items() if ref is None]
         if missing:
             if crafts:
-                raise JailError(
-                    SANDBOX_VIOLATION, "A crafting part finished without its crafted set."
+                # Every set was made by a part or found stored when the parts were staged: a
+                # stored one has gone since (deleted from the store).
+                raise EngineInputError(
+                    "crafted_set_gone",
+                    f"{len(missing)} crafted set(s) this job reuses are no longer stored; "
+                    "submit the transfer again to craft them afresh",
                 )
 
             def stage_crafts(session: Session) -> None:
@@ -340,13 +344,11 @@ class TransferRunner:
                     input_range=transfer.input_range,
                     engine_version=engine,
                 )
-                ref: CraftedRef | None = None
                 if key in made:
                     result = TransferCraftResult.model_validate(made[key])
-                    ref = _ref(source, eps, key, result, reused=False)
-                elif not crafts:
-                    ref = _stored(job.tenant_id, transfer, source, eps, key)
-                refs[(source, eps, key)] = ref
+                    refs[(source, eps, key)] = _ref(source, eps, key, result, reused=False)
+                else:
+                    refs[(source, eps, key)] = _stored(job.tenant_id, transfer, source, eps, key)
         return refs
 
     def _merge(
