@@ -8,6 +8,8 @@ from typing import Any
 
 import torch
 from fastapi.testclient import TestClient
+from sqlalchemy import update
+from sqlalchemy.orm import Session
 
 from adversarial.datasets import load_builtin
 from adversarial.models.blackbox import load_black_box
@@ -15,8 +17,9 @@ from adversarial.models.loading import ModelSpec, load_model
 from adversarial.models.wrapper import InputSpaceModel
 from adversarial.transfer import attack_curve, crafted_from_bytes, transfer_matrix
 from service.app import create_app
-from service.database import session_scope
+from service.database import session_scope, utcnow
 from service.jobs import repository
+from service.jobs.service import create_job
 from service.storage import get_store
 from service.tables import Job
 from tests.factories import job_row, model_row
@@ -24,6 +27,7 @@ from tests.model_files import digits_onnx, onnx_bytes
 from tests.sklearn_models import sklearn_onnx
 from tests.trained import trained_digits_cnn
 from worker.execution import execute_job
+from worker.lease import Lease
 from worker.loading import subset
 
 LIMIT = 60
@@ -225,3 +229,37 @@ def test_cancelling_a_transfer_cancels_its_parts(settings, make_tenant) -> None:
         assert execute_job(part.id) == "skipped"  # a delivered id finds nothing to run
     assert execute_job(job_id) == "skipped"
     assert job_row(job_id).status == "cancelled"  # type: ignore[union-attr]
+
+
+def test_a_cancel_that_comes_while_parts_are_staged_stages_none(settings, make_tenant) -> None:  # type: ignore[no-untyped-def]
+    tenant = make_tenant()
+    cnn = model_row(tenant.id, data=digits_onnx())
+    spec = {"kind": "transfer", "sources": [cnn], "targets": [cnn], "limit": 10}
+    with TestClient(create_app()) as client:
+        job_id = client.post("/v1/jobs", headers=tenant.headers, json=spec).json()["id"]
+    lease = Lease(job_id, settings)
+    assert lease.claim()
+    with session_scope() as session:
+        assert repository.request_cancel(session, job_id, utcnow())
+
+    def stage(session: Session) -> None:
+        create_job(
+            session,
+            tenant_id=tenant.id,
+            kind="transfer_score",
+            spec={"kind": "transfer_score"},
+            settings=settings,
+            parent_id=job_id,
+        )
+
+    assert lease.wait_for_parts(stage, "scoring") is False
+    assert children(job_id) == []
+    assert job_row(job_id).lease_owner == lease.owner  # type: ignore[union-attr]  # still held
+    # Without the cancel the parts are staged and the job waits for them, lease released.
+    with session_scope() as session:
+        session.execute(update(Job).where(Job.id == job_id).values(cancel_requested=False))
+    assert lease.wait_for_parts(stage, "scoring") is True
+    row = job_row(job_id)
+    assert row is not None
+    assert (row.status, row.lease_owner, row.attempt) == ("running", None, 0)
+    assert [p.kind for p in children(job_id)] == ["transfer_score"]
