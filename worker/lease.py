@@ -224,6 +224,24 @@ class Lease:
 
         return self.retry(write)
 
+    def wait_for_parts(self, stage: Callable[[Session], None], message: str) -> bool:
+        """Stage parts (``stage`` adds their jobs, with this job as parent) and let go of the
+        job so it waits for them, in one transaction; the parts are sent once it commits.
+        ``False`` (nothing staged) when the lease was lost or a client asked to cancel."""
+        progress = {"fraction": 0.0, "stage": "parts", "message": message}
+
+        def write() -> bool:
+            with session_scope() as session:
+                if not repository.wait_for_parts(
+                    session, self.job_id, self.owner, utcnow(), progress
+                ):
+                    session.rollback()
+                    return False
+                stage(session)
+            return True
+
+        return self.retry(write)
+
     def read_artifact(self, name: str) -> bytes | None:
         """The bytes of the job's artifact ``name`` (from an earlier attempt), if any."""
 

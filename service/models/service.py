@@ -47,6 +47,7 @@ def upload_model(
         input_range=list(meta.input_range),
         normalization=meta.normalization.model_dump() if meta.normalization else None,
         architecture=meta.architecture.model_dump() if meta.architecture else None,
+        black_box=meta.black_box,
         file_sha256=sha256,
         file_size=size,
         status=ModelStatus.VALIDATING,

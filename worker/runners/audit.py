@@ -118,6 +118,10 @@ class _Prepared:
         model_row, dataset_row = lease.retry(rows)
         if model_row is None:
             raise LookupError(f"model {spec.model_id} is gone")
+        if model_row.black_box:
+            # Score-based attacks only, as admitted (service.jobs.admission.admit_audit).
+            spec = spec.for_black_box()
+            self.spec = spec
         self.model_row = model_row
         lease.report(0.0, "loading", "loading the data", force=True)
         x, y = load_examples(spec.dataset_id, spec.split, dataset_row, self.store, settings)

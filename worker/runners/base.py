@@ -19,6 +19,17 @@ from worker.lease import Lease
 from worker.loading import model_spec
 
 
+class WaitForParts(Exception):  # noqa: N818 (a signal to the executor, not an error)
+    """Raised by a runner that needs parts before it can go on: ``stage(session)`` adds
+    their jobs (``parent_id`` = this job); the job lets go of its lease and waits, and runs
+    again (a new run, not a new attempt) when the last part has finished."""
+
+    def __init__(self, stage: Callable[[Session], None], message: str) -> None:
+        super().__init__(message)
+        self.stage = stage
+        self.message = message
+
+
 class Runner(Protocol):
     """One kind of job.
 
@@ -79,6 +90,7 @@ def jailed_model(row: Model, settings: Settings) -> dict[str, Any]:
         "spec": model_spec(row).to_json(),
         "max_bytes": settings.max_model_bytes,
         "device": settings.worker_device,
+        "black_box": bool(row.black_box),
     }
 
 

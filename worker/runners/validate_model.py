@@ -52,10 +52,21 @@ class ValidateModelRunner:
         parameters, device = result.get("parameters"), result.get("device")
         if not isinstance(parameters, int) or parameters < 0 or not isinstance(device, str):
             raise JailError(SANDBOX_VIOLATION, "The jail's validation result is malformed.")
-        return {"model_id": row.id, "valid": True, "parameters": parameters, "device": device}
+        black_box = result.get("black_box", False)
+        if not isinstance(black_box, bool):
+            raise JailError(SANDBOX_VIOLATION, "The jail's validation result is malformed.")
+        return {
+            "model_id": row.id,
+            "valid": True,
+            "parameters": parameters,
+            "device": device,
+            "black_box": black_box,
+        }
 
     def on_success(self, session: Session, job: Job, result: dict[str, Any]) -> None:
         models.set_status(session, job.spec["model_id"], ModelStatus.READY, None, utcnow())
+        if result.get("black_box"):
+            models.mark_black_box(session, job.spec["model_id"], utcnow())
 
     def on_failure(self, session: Session, job: Job, error: dict[str, Any]) -> None:
         models.set_status(session, job.spec["model_id"], ModelStatus.INVALID, error, utcnow())
