@@ -25,6 +25,8 @@ import hashlib
 import json
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,7 +61,7 @@ from worker.jail import JailError, run_in_jail
 from worker.jail.config import jail_limits, jail_mode, jail_pool
 from worker.jail.errors import SANDBOX_VIOLATION
 from worker.lease import Lease
-from worker.loading import load_examples, model_spec, stored_file, subset, write_examples
+from worker.loading import load_examples, model_spec, subset, write_examples
 from worker.runners.audit import store_artifact
 from worker.runners.base import WaitForParts, jailed_model, lease_stopper, record_artifacts
 
@@ -180,29 +182,11 @@ class _Transfer:
         return result, outputs
 
 
-class _stored_files:  # noqa: N801 (a context manager, used like a function)
-    """Several stored blobs as files at once (``worker.loading.stored_file`` for each)."""
-
-    def __init__(self, store: ArtifactStore, files: dict[str, str]) -> None:
-        self.store = store
-        self.files = files
-        self._contexts: list[Any] = []
-
-    def __enter__(self) -> dict[str, Path]:
-        paths = {}
-        try:
-            for name, sha256 in self.files.items():
-                context = stored_file(self.store, sha256)
-                paths[name] = context.__enter__()
-                self._contexts.append(context)
-        except BaseException:
-            self.__exit__(None, None, None)
-            raise
-        return paths
-
-    def __exit__(self, *exc: object) -> None:
-        while self._contexts:
-            self._contexts.pop().__exit__(None, None, None)
+@contextmanager
+def _stored_files(store: ArtifactStore, files: dict[str, str]) -> Iterator[dict[str, Path]]:
+    """Several stored blobs as local files at once (input name -> sha256)."""
+    with ExitStack() as stack:
+        yield {name: stack.enter_context(store.local_file(sha)) for name, sha in files.items()}
 
 
 def _ref(
