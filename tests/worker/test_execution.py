@@ -197,14 +197,66 @@ def test_cancelling_a_validation_kills_its_jail(settings, make_tenant) -> None:
     assert time.monotonic() - cancelled_at < 10  # not the 600 s the model sleeps
     # The job's jail is gone (a new spare may be starting; it is not among these).
     assert jails_before
-    assert not [pid for pid in jails_before if Path(f"/proc/{pid}").exists()]
+    # Whatever is still alive must belong to a spare started since (its process tree).
+    deadline = time.monotonic() + 10
+    while left := [p for p in jails_before if running(p) and p not in spare_processes(settings)]:
+        if time.monotonic() > deadline:
+            pytest.fail(f"jail processes outlived the cancel: {describe(left)}")
+        time.sleep(0.2)
+
+
+def describe(pids: list[int]) -> list[str]:
+    found = []
+    for pid in pids:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()[:60]
+            command = Path(f"/proc/{pid}/cmdline").read_bytes()[:120].replace(b"\0", b" ")
+            found.append(f"{stat} {command.decode(errors='replace')}")
+        except OSError:
+            continue
+    return found
+
+
+def running(pid: int) -> bool:
+    """Alive, not a zombie (a killed sandbox's children may wait for a reaper that is slow or,
+    in some containers, missing)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def spare_processes(settings) -> set[int]:
+    """The warm spare jails' processes, of every pool of this process (a runner may use
+    its own settings' pool), and everything they started (bwrap's sandbox)."""
+    from worker.jail.jail import _POOLS
+
+    found = {s.process.pid for pool in list(_POOLS.values()) for s in pool._spares.values()}
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        try:
+            # "pid (comm) state ppid ...": comm may hold spaces, so split after its ")".
+            parents[int(entry.name)] = int(
+                (entry / "stat").read_text().rsplit(")", 1)[1].split()[1]
+            )
+        except (OSError, ValueError, IndexError):
+            continue
+    grew = True
+    while grew:
+        grew = False
+        for pid, parent in parents.items():
+            if parent in found and pid not in found:
+                found.add(pid)
+                grew = True
+    return found
 
 
 def jail_processes(settings) -> list[int]:
     """Processes whose command line names a folder of a jail that is running a job."""
     from worker.jail.config import jail_pool
 
-    spares = {spare.process.pid for spare in jail_pool(settings)._spares.values()}
+    spares = spare_processes(settings)
     folder = str(jail_pool(settings).config.jail_dir)
     found = []
     for entry in Path("/proc").iterdir():
