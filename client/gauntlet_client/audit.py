@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from client.http import (
+from gauntlet_client.http import (
     ApiError,
     ConnectionDropped,
     DeadlineExceeded,
@@ -35,9 +35,9 @@ from client.http import (
     GauntletError,
     ServerUnreachable,
 )
-from client.progress import Progress
-from client.spec import build_audit_spec
-from client.verdict import Outcome, baseline_checks, gate_checks
+from gauntlet_client.progress import Progress
+from gauntlet_client.spec import build_audit_spec
+from gauntlet_client.verdict import Outcome, baseline_checks, gate_checks
 
 FINAL_STATUSES = ("succeeded", "failed", "cancelled")
 # How long the wait tolerates a server that does not answer (a redeploy of the API) before

@@ -9,6 +9,6 @@ from __future__ import annotations
 from importlib import metadata
 
 try:
-    __version__ = metadata.version("gauntlet")
+    __version__ = metadata.version("gauntlet-client")
 except metadata.PackageNotFoundError:  # run from a source folder that was never installed
     __version__ = "0.0.0+source"

@@ -23,12 +23,19 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from client import __version__
-from client.audit import AuditPlan, report_link, run_audit, wait_jobs
-from client.http import ApiError, GauntletClient, GauntletError, RetryPolicy
-from client.outputs import format_table, pct, summary_text, write_json, write_junit, write_markdown
-from client.progress import Progress
-from client.spec import (
+from gauntlet_client import __version__
+from gauntlet_client.audit import AuditPlan, report_link, run_audit, wait_jobs
+from gauntlet_client.http import ApiError, GauntletClient, GauntletError, RetryPolicy
+from gauntlet_client.outputs import (
+    format_table,
+    pct,
+    summary_text,
+    write_json,
+    write_junit,
+    write_markdown,
+)
+from gauntlet_client.progress import Progress
+from gauntlet_client.spec import (
     SpecError,
     build_attacks,
     build_gate,
@@ -37,7 +44,7 @@ from client.spec import (
     parse_gate,
     parse_norm,
 )
-from client.verdict import EXIT_ERROR, Outcome, gate_checks
+from gauntlet_client.verdict import EXIT_ERROR, Outcome, gate_checks
 
 DEFAULT_SERVER = "http://127.0.0.1:8000"
 DEFAULT_TIMEOUT_SECONDS = 3600.0
