@@ -368,6 +368,7 @@ def wait_jobs(
     # holds the question is asked again as soon as it answers.
     while True:
         round_start = client.clock()
+        long_polled = False
         pending = [job_id for job_id, _ in jobs if job_id not in done]
         for job_id, _label in jobs:
             if job_id in done:
@@ -376,6 +377,7 @@ def wait_jobs(
             remaining = client.remaining()
             if wait is not None and remaining is not None:
                 wait = max(0.0, min(wait, remaining - 1.0)) or None
+            long_polled = long_polled or job_id in latest  # (asked again: not the first read)
             try:
                 job = client.get_json(f"/v1/jobs/{job_id}", {"wait": wait} if wait else None)
             except (ServerUnreachable, ApiError) as error:
@@ -411,7 +413,7 @@ def wait_jobs(
                 f"'gauntlet wait {jobs[0][0]}' waits again, 'gauntlet cancel ID' stops it"
             )
         rest = interval(client.clock() - start) - (client.clock() - round_start)
-        if rest > 0:
+        if long_polled and rest > 0:
             _sleep_before_deadline(client, rest, waiting)
 
 

@@ -319,6 +319,12 @@ class Gauntlet:
             return ref
         return Model(resolve_model(self.client, ref))
 
+    def _model_id(self, ref: str | Model) -> str:
+        """An id as it is (the server checks it), a name resolved, a Model's id."""
+        if isinstance(ref, Model):
+            return ref.id
+        return ref if "@" not in ref else self.model(ref).id
+
     def models(self, name: str | None = None) -> list[Model]:
         """The tenant's models, newest first (of one name, newest version first)."""
         params = {"name": name} if name is not None else None
@@ -434,10 +440,10 @@ class Gauntlet:
         list of models: an ensemble) tried on each target; ``.result`` is the matrix."""
         spec = transfer_spec(
             [
-                self.model(s).id if isinstance(s, str | Model) else [self.model(m).id for m in s]
+                self._model_id(s) if isinstance(s, str | Model) else [self._model_id(m) for m in s]
                 for s in sources
             ],
-            [self.model(t).id for t in targets],
+            [self._model_id(t) for t in targets],
             resolve_dataset(self.client, dataset, self._progress())[0],
             attack,
             [float(eps)] if isinstance(eps, int | float) else [float(e) for e in eps],
