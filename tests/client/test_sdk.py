@@ -281,3 +281,26 @@ def test_sdk_train_and_transfer_jobs(tmp_path: Path) -> None:
     assert train.data["spec"] == {
         "name": "x", "epochs": 1, "dataset_id": "builtin:digits", "kind": "train",
     }  # fmt: skip
+
+
+def test_train_command_submits_the_spec_file_and_waits(
+    fake: FakeServer,  # noqa: F811
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    spec = tmp_path / "train.json"
+    spec.write_text(json.dumps({"kind": "train", "name": "a", "dataset_id": "builtin:digits"}))
+    assert main(["train", str(spec), "--name", "b", "--epochs", "2", "--progress", "none"]) == 0
+    assert "trained model m_trained" in capsys.readouterr().out
+    (job,) = fake.jobs.values()
+    assert job["spec"] == {
+        "kind": "train",
+        "name": "b",
+        "dataset_id": "builtin:digits",
+        "epochs": 2,
+    }
+    fake.job_outcomes = ["failed"]
+    assert main(["train", str(spec), "--seed", "5", "--progress", "none"]) == 2
+    assert "worker_lost" in capsys.readouterr().err
+    spec.write_text("[1]")
+    assert main(["train", str(spec)]) == 2
