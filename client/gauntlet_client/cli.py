@@ -332,7 +332,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--target", action="append", required=True, metavar="ID", help="a target (repeatable)"
     )
     transfer.add_argument("--dataset", default="builtin:digits", metavar="FILE|ID")
-    transfer.add_argument("--attack", default="pgd", metavar="NAME")
+    transfer.add_argument(
+        "--attack", default="pgd", choices=("pgd", "fgsm", "mifgsm"), help="(default pgd)"
+    )
+    transfer.add_argument(
+        "--limit", type=_positive_int, metavar="N", help="a seeded subset of N examples"
+    )
     transfer.add_argument(
         "--norm", type=_argument_type(parse_norm), default="linf", help="linf or l2"
     )
@@ -680,6 +685,7 @@ def command_transfer(args: argparse.Namespace) -> int:
             args.steps,
             args.seed,
             norm=args.norm,
+            limit=args.limit,
         ),
     )
     if code != 0:

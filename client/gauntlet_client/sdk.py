@@ -435,6 +435,7 @@ class Gauntlet:
         seed: int = 0,
         *,
         norm: str = "linf",
+        limit: int | None = None,
     ) -> Job:
         """Submit a transfer job: adversarial examples crafted on each source (a model, or a
         list of models: an ensemble) tried on each target; ``.result`` is the matrix."""
@@ -450,6 +451,7 @@ class Gauntlet:
             steps,
             seed,
             norm,
+            limit,
         )
         key = derive_key("transfer-v1", canonical(spec), self.engine_version())
         data, created = self._submit(spec, key, "transfer")
@@ -472,16 +474,23 @@ def transfer_spec(
     steps: int,
     seed: int,
     norm: str = "linf",
+    limit: int | None = None,
 ) -> JSON:
-    """The body of ``POST /v1/jobs`` for a transfer job."""
-    return {
+    """The body of ``POST /v1/jobs`` for a transfer job (fgsm is one step: no steps)."""
+    attack_spec: JSON = {"name": attack, "norm": norm, "eps": list(eps)}
+    if attack != "fgsm":
+        attack_spec["steps"] = steps
+    spec: JSON = {
         "kind": "transfer",
         "sources": [s if isinstance(s, str) else list(s) for s in sources],
         "targets": list(targets),
         "dataset_id": dataset_id,
-        "attack": {"name": attack, "norm": norm, "eps": list(eps), "steps": steps},
+        "attack": attack_spec,
         "seed": seed,
     }
+    if limit is not None:
+        spec["limit"] = limit
+    return spec
 
 
 def resolve_model(client: GauntletClient, ref: str) -> JSON:

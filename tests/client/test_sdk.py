@@ -277,6 +277,9 @@ def test_sdk_train_and_transfer_jobs(tmp_path: Path) -> None:
     job = g.transfer([a, [a, "b@latest"]], [b.id], eps=[0.1], steps=5)
     assert job.data["spec"]["sources"] == [a.id, [a.id, b.id]]
     assert [c["target"] for c in job.result["cells"]] == [b.id, b.id]
+    fgsm = g.transfer([a], [b], attack="fgsm", eps=0.1, limit=50)
+    assert fgsm.data["spec"]["attack"] == {"name": "fgsm", "norm": "linf", "eps": [0.1]}
+    assert fgsm.data["spec"]["limit"] == 50
     train = g.train({"name": "x", "epochs": 1}, dataset="builtin:digits")
     assert train.data["spec"] == {
         "name": "x", "epochs": 1, "dataset_id": "builtin:digits", "kind": "train",
