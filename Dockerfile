@@ -20,7 +20,7 @@ COPY service service
 COPY worker worker
 COPY adversarial adversarial
 COPY migrations migrations
-RUN pip install ".[worker]"
+RUN pip install ".[worker,s3]"
 
 RUN useradd --create-home gauntlet && mkdir -p /data && chown gauntlet /data
 USER gauntlet
