@@ -19,7 +19,6 @@ COPY pyproject.toml README.md alembic.ini ./
 COPY service service
 COPY worker worker
 COPY adversarial adversarial
-COPY client client
 COPY migrations migrations
 RUN pip install ".[worker,s3]"
 

@@ -12,9 +12,11 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
-$(VENV)/.installed-serve: pyproject.toml | $(BIN)/python
+$(VENV)/.installed-serve: pyproject.toml client/pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q "$(TORCH)"
 	$(BIN)/pip install -q -e ".[worker,s3]"
+	# The client is its own distribution (httpx only): the gauntlet command.
+	$(BIN)/pip install -q -e client/
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed-serve
@@ -32,7 +34,7 @@ test: $(VENV)/.installed-test
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .
-	$(BIN)/mypy service worker adversarial client
+	$(BIN)/mypy service worker adversarial client/gauntlet_client
 
 openapi: $(VENV)/.installed-serve
 	$(BIN)/gauntlet-admin openapi --output openapi.yaml

@@ -15,6 +15,13 @@ from tests.e2e.conftest import (  # noqa: F401  (fixtures and the report hook, r
 )
 
 ROOT = Path(__file__).resolve().parents[2]
+CLIENT_SRC = ROOT / "client"
+
+# The command's subprocesses import this checkout's client (the package lives in client/,
+# its own distribution), whatever copy of it is installed.
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [str(CLIENT_SRC), *filter(None, [os.environ.get("PYTHONPATH")])]
+)
 
 
 def cli_environment(server: str, api_key: str) -> dict[str, str]:
@@ -30,7 +37,7 @@ def run_cli(
 ) -> subprocess.CompletedProcess[str]:
     """``gauntlet ARGS...`` in a fresh interpreter, as a pipeline runs it."""
     return subprocess.run(
-        [sys.executable, "-m", "client.cli", *args],
+        [sys.executable, "-m", "gauntlet_client.cli", *args],
         cwd=cwd or ROOT,
         env=cli_environment(server, api_key),
         capture_output=True,

@@ -37,6 +37,12 @@ class FakeServer:
     keys: dict[str, tuple[str, str]] = field(default_factory=dict)
     polls: dict[str, int] = field(default_factory=dict)
     requests: list[tuple[str, str]] = field(default_factory=list)
+    # Models can be looked up by name (GET /v1/models?name=), as newer servers do.
+    names: bool = True
+    # The ``wait`` of each job read (None: none given); ``hold`` is called with it, as a
+    # long-polling server holds the question (a test's clock advances).
+    waits: list[float | None] = field(default_factory=list)
+    hold: Callable[[float], None] | None = None
     # Called with each request before it is handled; may raise (a dropped connection) or
     # return a response to answer instead.
     before: Callable[[httpx.Request], httpx.Response | None] | None = None
@@ -64,7 +70,13 @@ class FakeServer:
                 200, json={"version": "0.1.0", "engine_version": self.engine_version}
             )
         if parts == ["models"] and method == "GET":
-            return page(list(reversed(self.models.values())))
+            name = request.url.params.get("name")
+            models = list(reversed(self.models.values()))
+            if name is not None and self.names:
+                models = sorted(
+                    (m for m in models if m["name"] == name), key=lambda m: -m["version"]
+                )
+            return page(models)
         if parts == ["models"] and method == "POST":
             return self.upload_model(request)
         if parts[:1] == ["models"] and len(parts) == 2:
@@ -88,7 +100,7 @@ class FakeServer:
         if parts == ["jobs"] and method == "GET":
             return page(list(reversed(self.jobs.values())))
         if parts[:1] == ["jobs"] and len(parts) == 2:
-            return self.read_job(parts[1])
+            return self.read_job(parts[1], request)
         if parts[:1] == ["jobs"] and parts[2:] == ["cancel"]:
             job = self.jobs[parts[1]]
             job["status"] = "cancelled"
@@ -114,6 +126,7 @@ class FakeServer:
             "status": "validating",
             "error": None,
             "file_sha256": hashlib.sha256(content).hexdigest(),
+            "version": 1 + sum(m["name"] == meta["name"] for m in self.models.values()),
         }
         self.models[model["id"]] = model
         return httpx.Response(202, json=model)
@@ -141,20 +154,22 @@ class FakeServer:
             return httpx.Response(
                 200, json=self.jobs[job_id], headers={"Idempotent-Replayed": "true"}
             )
-        model = self.models.get(spec["model_id"])
+        model = self.models.get(spec.get("model_id", ""))
+        if spec.get("kind") in ("transfer", "train"):
+            model = {"status": "ready"}
         if model is None:
             return problem(404, "not_found", "model not found")
         if model["status"] == "validating":
             return problem(409, "model_not_ready", "still validating", {"Retry-After": "2"})
         job = {
             "id": f"j_{len(self.jobs) + 1}",
-            "kind": "audit",
+            "kind": spec.get("kind", "audit"),
             "status": "queued",
             "spec": spec,
             "progress": {"fraction": 0.0, "stage": "queued", "message": "waiting for a worker"},
             "result": None,
             "error": None,
-            "model_id": spec["model_id"],
+            "model_id": spec.get("model_id"),
             "dataset_id": spec.get("dataset_id"),
         }
         self.jobs[job["id"]] = job
@@ -162,10 +177,14 @@ class FakeServer:
             self.keys[key] = (job["id"], digest)
         return httpx.Response(202, json=job)
 
-    def read_job(self, job_id: str) -> httpx.Response:
+    def read_job(self, job_id: str, request: httpx.Request | None = None) -> httpx.Response:
         job = self.jobs.get(job_id)
         if job is None:
             return problem(404, "not_found", f"job {job_id!r} not found")
+        wait = request.url.params.get("wait") if request is not None else None
+        self.waits.append(None if wait is None else float(wait))
+        if wait is not None and self.hold is not None:
+            self.hold(float(wait))
         if job["status"] in ("queued", "running"):
             self.polls[job_id] = self.polls.get(job_id, 0) + 1
             job["status"] = "running"
@@ -180,6 +199,12 @@ class FakeServer:
         job["progress"] = {"fraction": 1.0, "stage": "done", "message": "finished"}
         if status == "failed":
             job["error"] = {"code": "worker_lost", "message": "the worker died"}
+            return
+        if job["kind"] == "transfer":
+            job["result"] = transfer_result(job["spec"])
+            return
+        if job["kind"] == "train":
+            job["result"] = {"model_id": "m_trained", "audit_job_id": None}
             return
         accuracy = self.accuracy(job["model_id"])
         spec = job["spec"]
@@ -255,3 +280,38 @@ def multipart_file(request: httpx.Request) -> bytes:
 
 def multipart_field(request: httpx.Request, name: str) -> str:
     return dict(_multipart_parts(request))[name].decode()
+
+
+def transfer_result(spec: dict[str, Any]) -> dict[str, Any]:
+    """A transfer matrix for the spec: error rates that differ by cell, so a table that
+    mixes up rows, columns or eps shows it."""
+    sources = [
+        {
+            "name": s if isinstance(s, str) else "+".join(s),
+            "model_ids": [s] if isinstance(s, str) else s,
+        }
+        for s in spec["sources"]
+    ]
+    targets = [
+        {"name": t, "model_id": t, "black_box": i == 1, "clean_accuracy": 0.9 + i / 100}
+        for i, t in enumerate(spec["targets"])
+    ]
+    cells = [
+        {
+            "source": s["name"],
+            "target": t["name"],
+            "eps": eps,
+            "error_rate": round(0.1 * (i + 1) + 0.01 * (j + 1) + eps, 4),
+            "accuracy": round(1 - (0.1 * (i + 1) + 0.01 * (j + 1) + eps), 4),
+            "wrong_class_agreement": round(0.5 + 0.1 * i - 0.05 * j, 4),
+            "fooled": 10,
+            "agreeing": 5,
+            "target_clean_correct": 90,
+            "examples": 100,
+            "reused": False,
+        }
+        for eps in spec["attack"]["eps"]
+        for i, s in enumerate(sources)
+        for j, t in enumerate(targets)
+    ]
+    return {"kind": "transfer", "sources": sources, "targets": targets, "cells": cells}

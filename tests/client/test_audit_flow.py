@@ -9,11 +9,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from client.audit import AuditPlan, audit_key, comparable_meta, run_audit, wait_jobs
-from client.http import DeadlineExceeded, GauntletClient, GauntletError, RetryPolicy
-from client.progress import Progress
-from client.spec import build_attacks, build_gate, parse_attack, parse_gate
-from client.verdict import Check, Outcome
+from gauntlet_client.audit import AuditPlan, audit_key, comparable_meta, run_audit, wait_jobs
+from gauntlet_client.http import DeadlineExceeded, GauntletClient, GauntletError, RetryPolicy
+from gauntlet_client.progress import Progress
+from gauntlet_client.spec import build_attacks, build_gate, parse_attack, parse_gate
+from gauntlet_client.verdict import Check, Outcome
 from tests.client.fake_server import FakeServer
 from tests.client.test_http import Clock
 

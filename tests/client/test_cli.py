@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-import client.cli
-from client.cli import main
-from client.http import GauntletClient
+import gauntlet_client.cli
+from gauntlet_client.cli import main
+from gauntlet_client.http import GauntletClient
 from tests.client.fake_server import FakeServer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,7 +37,7 @@ def fake(monkeypatch: pytest.MonkeyPatch) -> FakeServer:
     def connect(*args: Any, **kwargs: Any) -> GauntletClient:
         return GauntletClient(*args, **kwargs, transport=server.transport(), sleep=lambda _s: None)
 
-    monkeypatch.setattr(client.cli, "GauntletClient", connect)
+    monkeypatch.setattr(gauntlet_client.cli, "GauntletClient", connect)
     monkeypatch.setenv("GAUNTLET_API_KEY", "gk_test")
     monkeypatch.setenv("GAUNTLET_SERVER", "http://fake")
     return server
@@ -135,7 +135,7 @@ def test_a_bug_exits_2_not_1(
     def broken(*_args: Any) -> None:
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr(client.cli, "command_list", broken)
+    monkeypatch.setattr(gauntlet_client.cli, "command_list", broken)
     assert main(["jobs", "list"]) == 2
     assert "internal error" in capsys.readouterr().err
 
@@ -229,7 +229,7 @@ def test_other_commands(
 def test_the_client_imports_only_the_standard_library_and_httpx() -> None:
     """A CI runner installs httpx alone: nothing of the server may be imported."""
     probe = (
-        "import sys; before = set(sys.modules); import client.cli; "
+        "import sys; before = set(sys.modules); import gauntlet_client.cli; "
         "print('\\n'.join(sorted(set(sys.modules) - before)))"
     )
     result = subprocess.run(
@@ -242,8 +242,8 @@ def test_the_client_imports_only_the_standard_library_and_httpx() -> None:
     }  # fmt: skip
     assert imported & forbidden == set()
     httpx_and_its_dependencies = {
-        "client", "httpx", "httpcore", "h11", "h2", "hpack", "hyperframe", "anyio", "sniffio",
-        "idna", "certifi", "brotli", "zstandard", "socksio", "typing_extensions",
+        "gauntlet_client", "httpx", "httpcore", "h11", "h2", "hpack", "hyperframe", "anyio",
+        "sniffio", "idna", "certifi", "brotli", "zstandard", "socksio", "typing_extensions",
         "exceptiongroup",
         # httpx imports its optional command line (httpx[cli]) when it is installed.
         "click", "pygments", "rich", "markdown_it", "mdurl",
@@ -258,7 +258,7 @@ def test_the_client_imports_only_the_standard_library_and_httpx() -> None:
 
 def test_runs_as_a_module() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "client.cli", "audit", "--help"],
+        [sys.executable, "-m", "gauntlet_client.cli", "audit", "--help"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -267,7 +267,7 @@ def test_runs_as_a_module() -> None:
     assert result.returncode == 0
     assert "MODEL_FILE" in result.stdout
     result = subprocess.run(
-        [sys.executable, "-m", "client.cli", "audit", "x.onnx"],
+        [sys.executable, "-m", "gauntlet_client.cli", "audit", "x.onnx"],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -278,7 +278,7 @@ def test_runs_as_a_module() -> None:
 
 
 def test_connection_options_go_before_or_after_the_command() -> None:
-    parser = client.cli.build_parser()
+    parser = gauntlet_client.cli.build_parser()
     assert parser.parse_args(["--server", "http://a", "jobs", "list"]).server == "http://a"
     assert parser.parse_args(["jobs", "list", "--server", "http://b"]).server == "http://b"
     after = parser.parse_args(

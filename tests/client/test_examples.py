@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from client.cli import build_parser
-from client.spec import build_attacks, build_gate
+from gauntlet_client.cli import build_parser
+from gauntlet_client.spec import build_attacks, build_gate
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "ci"
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from client.http import (
+from gauntlet_client.http import (
     ApiError,
     ConnectionDropped,
     GauntletClient,

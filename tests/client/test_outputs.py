@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from client.outputs import (
+from gauntlet_client.outputs import (
     json_document,
     markdown,
     summary_text,
@@ -17,8 +17,8 @@ from client.outputs import (
     write_junit,
     write_markdown,
 )
-from client.spec import eps_label
-from client.verdict import Outcome, baseline_checks, gate_checks
+from gauntlet_client.spec import eps_label
+from gauntlet_client.verdict import Outcome, baseline_checks, gate_checks
 from tests.client.samples import attack_result, audit_result, check, job, validity_check
 
 SERVER = "http://gauntlet.test"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from client.progress import Progress, bar
+from gauntlet_client.progress import Progress, bar
 
 
 def test_bar() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from client.spec import (
+from gauntlet_client.spec import (
     AttackArg,
     GateArg,
     SpecError,

@@ -285,6 +285,7 @@ def build_audit_spec(
     limit: int | None = None,
     seed: int = 0,
     batch_size: int | None = None,
+    shards: int | None = None,
 ) -> dict[str, Any]:
     """The JSON body of ``POST /v1/jobs`` (optional fields left out when unset, so the
     server's defaults apply: the autoattack preset at 8/255)."""
@@ -309,6 +310,8 @@ def build_audit_spec(
         spec["limit"] = limit
     if batch_size is not None:
         spec["batch_size"] = batch_size
+    if shards is not None:
+        spec["shards"] = shards
     if gate is not None:
         spec["gate"] = gate
     return spec

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from client.http import (
+from gauntlet_client.http import (
     ApiError,
     ConnectionDropped,
     DeadlineExceeded,
@@ -35,9 +35,9 @@ from client.http import (
     GauntletError,
     ServerUnreachable,
 )
-from client.progress import Progress
-from client.spec import build_audit_spec
-from client.verdict import Outcome, baseline_checks, gate_checks
+from gauntlet_client.progress import Progress
+from gauntlet_client.spec import build_audit_spec
+from gauntlet_client.verdict import Outcome, baseline_checks, gate_checks
 
 FINAL_STATUSES = ("succeeded", "failed", "cancelled")
 # How long the wait tolerates a server that does not answer (a redeploy of the API) before
@@ -320,6 +320,15 @@ def submit_audit(
     raise GauntletError(f"the {label} failed {MAX_RERUNS + 1} times; see gauntlet jobs list")
 
 
+LONG_POLL_SECONDS = 30.0
+
+
+def long_poll_seconds(pending: int) -> float:
+    """How long one long poll may be held: 30 s for one job; shorter with several, so the
+    progress of each is still shown while another is held."""
+    return LONG_POLL_SECONDS if pending <= 1 else 2.0
+
+
 def _job_line(job: dict[str, Any], label: str) -> str:
     progress = job.get("progress") or {}
     text = f"{label} {job['id']}: {job['status']}"
@@ -346,18 +355,31 @@ def wait_jobs(
     progress: Progress,
     *,
     interval: Callable[[float], float] = poll_interval,
+    on_job: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Poll ``(job_id, label)`` pairs until every job is final; show progress meanwhile."""
     done: dict[str, dict[str, Any]] = {}
     latest: dict[str, dict[str, Any]] = {}
     start = client.clock()
     unreachable_since: float | None = None
+    # Long polls: ``?wait=S`` answers when the job's status or progress changes, or after S
+    # seconds. A round of questions is never repeated sooner than the poll interval, so a
+    # server that ignores ``wait`` (it answers at once) is polled as before, and one that
+    # holds the question is asked again as soon as it answers.
     while True:
+        round_start = client.clock()
+        long_polled = False
+        pending = [job_id for job_id, _ in jobs if job_id not in done]
         for job_id, _label in jobs:
             if job_id in done:
                 continue
+            wait = long_poll_seconds(len(pending)) if job_id in latest else None
+            remaining = client.remaining()
+            if wait is not None and remaining is not None:
+                wait = max(0.0, min(wait, remaining - 1.0)) or None
+            long_polled = long_polled or job_id in latest  # (asked again: not the first read)
             try:
-                job = client.get_json(f"/v1/jobs/{job_id}")
+                job = client.get_json(f"/v1/jobs/{job_id}", {"wait": wait} if wait else None)
             except (ServerUnreachable, ApiError) as error:
                 if isinstance(error, ApiError) and error.status < 500:
                     raise
@@ -369,6 +391,8 @@ def wait_jobs(
                 break
             unreachable_since = None
             latest[job_id] = job
+            if on_job is not None:
+                on_job(job)
             if job["status"] in FINAL_STATUSES:
                 done[job_id] = job
         shown = [_job_line(latest[i], label) for i, label in jobs if i in latest]
@@ -388,7 +412,9 @@ def wait_jobs(
                 f"timed out (--timeout) waiting for {waiting}; it keeps running on the server: "
                 f"'gauntlet wait {jobs[0][0]}' waits again, 'gauntlet cancel ID' stops it"
             )
-        _sleep_before_deadline(client, interval(client.clock() - start), waiting)
+        rest = interval(client.clock() - start) - (client.clock() - round_start)
+        if long_polled and rest > 0:
+            _sleep_before_deadline(client, rest, waiting)
 
 
 def report_link(client: GauntletClient, job_id: str) -> dict[str, str] | None:
@@ -436,6 +462,7 @@ class AuditPlan:
     max_drop: float | None = None
     idempotency_key: str | None = None
     reuse: bool = True
+    shards: int | None = None
 
     def spec(self, model_id: str, dataset_id: str) -> dict[str, Any]:
         """The audit spec for ``model_id``."""
@@ -452,6 +479,7 @@ class AuditPlan:
             limit=self.limit,
             seed=self.seed,
             batch_size=self.batch_size,
+            shards=self.shards,
         )
 
 

@@ -7,9 +7,9 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
-from client import __version__
-from client.spec import eps_label
-from client.verdict import Check, Outcome, find_attack
+from gauntlet_client import __version__
+from gauntlet_client.spec import eps_label
+from gauntlet_client.verdict import Check, Outcome, find_attack
 
 JUNIT_SUITE = "gauntlet"
 JUNIT_GATE_CLASS = "gauntlet.gate"

@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from client.spec import WORST_CASE, same_eps
+from gauntlet_client.spec import WORST_CASE, same_eps
 
 EXIT_PASSED = 0
 EXIT_GATE_FAILED = 1

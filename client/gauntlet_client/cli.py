@@ -23,12 +23,20 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from client import __version__
-from client.audit import AuditPlan, report_link, run_audit, wait_jobs
-from client.http import ApiError, GauntletClient, GauntletError, RetryPolicy
-from client.outputs import format_table, pct, summary_text, write_json, write_junit, write_markdown
-from client.progress import Progress
-from client.spec import (
+from gauntlet_client import __version__
+from gauntlet_client.audit import AuditPlan, report_link, run_audit, wait_jobs
+from gauntlet_client.http import ApiError, GauntletClient, GauntletError, RetryPolicy
+from gauntlet_client.outputs import (
+    format_table,
+    pct,
+    summary_text,
+    write_json,
+    write_junit,
+    write_markdown,
+)
+from gauntlet_client.progress import Progress
+from gauntlet_client.sdk import Gauntlet, Job, resolve_model
+from gauntlet_client.spec import (
     SpecError,
     build_attacks,
     build_gate,
@@ -37,7 +45,10 @@ from client.spec import (
     parse_gate,
     parse_norm,
 )
-from client.verdict import EXIT_ERROR, Outcome, gate_checks
+from gauntlet_client.transfer import summary_text as transfer_summary
+from gauntlet_client.transfer import write_json as write_transfer_json
+from gauntlet_client.transfer import write_markdown as write_transfer_markdown
+from gauntlet_client.verdict import EXIT_ERROR, Outcome, gate_checks
 
 DEFAULT_SERVER = "http://127.0.0.1:8000"
 DEFAULT_TIMEOUT_SECONDS = 3600.0
@@ -56,6 +67,9 @@ examples:
   gauntlet audit model.onnx --meta model.meta.json --preset quick --eps 8/255 \\
       --gate 'pgd@8/255>=0.40' --baseline m_0123abcd --max-drop 0.02 --markdown comment.md
       (quick: FGSM + PGD-10, a fast look whose numbers are an upper bound)
+  gauntlet transfer --source m_a --source m_a,m_b --target m_c --eps 0.05,0.1 \\
+      --json transfer.json --markdown transfer.md
+      (m_a,m_b: an ensemble source; each cell is error rate and wrong-class agreement)
   gauntlet presets
   gauntlet report j_0123abcd --open
 
@@ -260,8 +274,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     audit.add_argument(
         "--baseline",
-        metavar="MODEL_ID",
-        help="audit this model on the same spec and compare (see --max-drop)",
+        metavar="MODEL",
+        help="audit this model on the same spec and compare (see --max-drop): a model id, "
+        "NAME@latest or NAME@VERSION",
+    )
+    audit.add_argument(
+        "--name", metavar="NAME", help="upload the model under this name (the meta's name)"
+    )
+    audit.add_argument(
+        "--shards",
+        type=_positive_int,
+        metavar="N",
+        help="split the audit's examples into N parts run by any free workers",
     )
     audit.add_argument(
         "--max-drop",
@@ -281,6 +305,49 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_wait_options(audit)
     audit.set_defaults(handler=command_audit)
+
+    train = command("train", "submit a training job (README: Training robust models), wait")
+    train.add_argument(
+        "spec_file", type=Path, metavar="SPEC.json", help="the train spec (kind may be left out)"
+    )
+    train.add_argument("--name", help="the trained model's name (replaces the spec's)")
+    train.add_argument("--dataset", metavar="FILE|ID", help="replaces the spec's dataset_id")
+    train.add_argument("--epochs", type=_positive_int, help="replaces the spec's epochs")
+    train.add_argument("--seed", type=int, help="replaces the spec's seed")
+    _add_wait_options(train)
+    train.set_defaults(handler=command_train)
+
+    transfer = command(
+        "transfer",
+        "craft adversarial examples on source models, try them on target models; print the matrix",
+    )
+    transfer.add_argument(
+        "--source",
+        action="append",
+        required=True,
+        metavar="ID[,ID...]",
+        help="a source model (id or NAME@latest); a comma list is an ensemble (repeatable)",
+    )
+    transfer.add_argument(
+        "--target", action="append", required=True, metavar="ID", help="a target (repeatable)"
+    )
+    transfer.add_argument("--dataset", default="builtin:digits", metavar="FILE|ID")
+    transfer.add_argument(
+        "--attack", default="pgd", choices=("pgd", "fgsm", "mifgsm"), help="(default pgd)"
+    )
+    transfer.add_argument(
+        "--limit", type=_positive_int, metavar="N", help="a seeded subset of N examples"
+    )
+    transfer.add_argument(
+        "--norm", type=_argument_type(parse_norm), default="linf", help="linf or l2"
+    )
+    transfer.add_argument(
+        "--eps", type=_argument_type(parse_eps_list), required=True, metavar="EPS[,EPS...]"
+    )
+    transfer.add_argument("--steps", type=_positive_int, default=10)
+    transfer.add_argument("--seed", type=int, default=0)
+    _add_wait_options(transfer)
+    transfer.set_defaults(handler=command_transfer)
 
     wait = command("wait", "wait for a job; for an audit, print the verdict and exit 0/1/2")
     wait.add_argument("job_id", metavar="JOB")
@@ -475,6 +542,8 @@ def plan_audit(args: argparse.Namespace) -> AuditPlan:
         raise UsageError(f"--meta {str(args.meta)!r} is not valid JSON: {error}") from None
     if not isinstance(meta, dict):
         raise UsageError(f"--meta {str(args.meta)!r} must hold a JSON object")
+    if args.name is not None:
+        meta["name"] = args.name
     return AuditPlan(
         model_path=args.model_file,
         model_bytes=args.model_file.read_bytes(),
@@ -494,6 +563,7 @@ def plan_audit(args: argparse.Namespace) -> AuditPlan:
         max_drop=args.max_drop,
         idempotency_key=args.idempotency_key,
         reuse=not args.no_reuse,
+        shards=args.shards,
     )
 
 
@@ -505,6 +575,13 @@ def command_audit(args: argparse.Namespace) -> int:
         outcome.server = server_url(args)
         plan = plan_audit(args)
         with sigterm_interrupts(), make_client(args, progress, args.timeout) as client:
+            if plan.baseline_model_id is not None and "@" in plan.baseline_model_id:
+                baseline = resolve_model(client, plan.baseline_model_id)
+                progress.message(
+                    f"baseline {plan.baseline_model_id} is model {baseline['id']} "
+                    f"(version {baseline.get('version')})"
+                )
+                plan.baseline_model_id = str(baseline["id"])
             run_audit(client, plan, progress, outcome)
             attach_report_link(args, client, outcome, progress)
     except KeyboardInterrupt:
@@ -537,6 +614,93 @@ def command_wait(args: argparse.Namespace) -> int:
     except GauntletError as error:
         outcome.error = str(error)
     return finish(args, outcome, progress)
+
+
+def _wait_and_write(
+    args: argparse.Namespace, make_job: Callable[[Gauntlet], Job]
+) -> tuple[Job, int]:
+    """Submit (``make_job``), wait with progress on stderr; the job and an exit code."""
+    progress = make_progress(args)
+    with sigterm_interrupts(), make_client(args, progress, args.timeout) as client:
+        g = Gauntlet(client.server, "", client=client)
+        job = make_job(g)
+        progress.message(f"{job.data.get('kind')} job {job.id}: {job.status}")
+        try:
+            job.data = wait_jobs(client, [(job.id, str(job.data.get("kind")))], progress)[job.id]
+        except KeyboardInterrupt:
+            progress.finish()
+            if job.created:
+                job.cancel()
+                raise GauntletError(f"interrupted; cancelled {job.id}") from None
+            raise GauntletError(f"interrupted; {job.id} keeps running") from None
+    if job.status != "succeeded":
+        error = job.data.get("error") or {}
+        _err(f"error: job {job.id} {job.status}: [{error.get('code')}] {error.get('message')}")
+        return job, EXIT_ERROR
+    return job, 0
+
+
+def command_train(args: argparse.Namespace) -> int:
+    """``gauntlet train SPEC.json``."""
+    try:
+        spec = json.loads(args.spec_file.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise UsageError(f"{str(args.spec_file)!r}: {error}") from None
+    if not isinstance(spec, dict):
+        raise UsageError(f"{str(args.spec_file)!r} must hold a JSON object")
+    spec.pop("kind", None)
+    for option, key in (("name", "name"), ("epochs", "epochs"), ("seed", "seed")):
+        if getattr(args, option) is not None:
+            spec[key] = getattr(args, option)
+    if args.dataset is not None:
+        spec.pop("dataset_id", None)
+        spec["dataset"] = args.dataset
+    job, code = _wait_and_write(args, lambda g: g.train(spec))
+    if code == 0:
+        result = job.data.get("result") or {}
+        _out(f"trained model {result.get('model_id')} (job {job.id})")
+        if result.get("audit_job_id"):
+            _out(f"its audit: job {result['audit_job_id']} ('gauntlet wait' it for the verdict)")
+    if args.json is not None:
+        args.json.write_text(json.dumps(job.data, indent=2) + "\n", encoding="utf-8")
+    return code
+
+
+def command_transfer(args: argparse.Namespace) -> int:
+    """``gauntlet transfer --source A[,B] --target C ...``."""
+    sources: list[str | list[str]] = []
+    for text in args.source:
+        ids = [part.strip() for part in text.split(",") if part.strip()]
+        if not ids:
+            raise UsageError(f"--source {text!r}: give a model id or a comma list of them")
+        sources.append(ids[0] if len(ids) == 1 else ids)
+    job, code = _wait_and_write(
+        args,
+        lambda g: g.transfer(
+            sources,
+            args.target,
+            args.dataset,
+            args.attack,
+            args.eps,
+            args.steps,
+            args.seed,
+            norm=args.norm,
+            limit=args.limit,
+        ),
+    )
+    if code != 0:
+        return code
+    result = job.data.get("result") or {}
+    _out(transfer_summary(result))
+    try:
+        if args.json is not None:
+            write_transfer_json(result, job.data, args.json)
+        if args.markdown is not None:
+            write_transfer_markdown(result, args.markdown)
+    except OSError as error:
+        _err(f"could not write an output file: {error}")
+        return EXIT_ERROR
+    return 0
 
 
 def command_report(args: argparse.Namespace) -> int:

@@ -29,7 +29,7 @@ from typing import Any
 
 import httpx
 
-from client import __version__
+from gauntlet_client import __version__
 
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 # Failures that happen before a byte of the request reached the server.
