@@ -89,11 +89,13 @@ WaitSeconds = Annotated[
     ),
 ]
 
-EVENT_STREAM_DESCRIPTION = """\
-Server-sent events: `event: progress` with `data: {"fraction", "stage", "message",
-"status"}` first for the job's state now, then whenever its status or progress changes;
-once the job is final, one `event: status` whose data is the job as `GET /v1/jobs/{id}`
-returns it, and the stream ends. A comment line (`: keep-alive`) every 15 seconds meanwhile."""
+EVENT_STREAM_DESCRIPTION = (
+    'Server-sent events: `event: progress` with `data: {"fraction", "stage", "message", '
+    '"status"}`, first for the job\'s state now, then whenever its status or progress '
+    "changes; once the job is final, one `event: status` whose data is the job as "
+    "`GET /v1/jobs/{id}` returns it, and the stream ends. A comment line (`: keep-alive`) "
+    "every 15 seconds meanwhile."
+)
 
 
 @router.get(
@@ -103,7 +105,7 @@ returns it, and the stream ends. A comment line (`: keep-alive`) every 15 second
 async def get_job(
     principal: PrincipalDep, request: Request, job_id: str, wait: WaitSeconds = 0
 ) -> JobRead:
-    """Get a job: status, progress, timestamps, error, result; ``wait`` long-polls."""
+    """Get a job: status, progress, timestamps, error, result; `wait` long-polls."""
     return await events.long_poll(request, principal, job_id, wait)
 
 
