@@ -52,7 +52,10 @@ class Tally:
         # Each new progress message a client sees: how long after its write.
         if self.seen.get(client) == message or not message.startswith("written "):
             return
+        first = client not in self.seen
         self.seen[client] = message
+        if first:
+            return  # the state when the client arrived: no change delivered yet
         self.delays.append(time.time() - float(message.removeprefix("written ")))
 
 

@@ -107,7 +107,7 @@ def test_long_poll_of_a_final_job_answers_at_once(client: TestClient, tenant) ->
     assert response.json()["status"] == "failed"
 
 
-@pytest.mark.parametrize("wait", [-1, 61, "soon"])
+@pytest.mark.parametrize("wait", [-1, 61, "soon", "nan"])
 def test_wait_out_of_range_is_422(client: TestClient, tenant, wait) -> None:
     job_id = running_job(tenant.id)
     response = client.get(f"/v1/jobs/{job_id}", params={"wait": wait}, headers=tenant.headers)
