@@ -118,3 +118,29 @@ def test_unknown_job_is_404(live_service: LiveService) -> None:
     with live_service.client() as client:
         assert client.get("/v1/jobs/j_nope/events").status_code == 404
         assert client.get("/v1/jobs/j_nope", params={"wait": 5}).status_code == 404
+
+
+def test_a_client_that_leaves_frees_its_slot(live_service: LiveService) -> None:
+    assert live_service.api is not None
+    live_service.kill(live_service.api)
+    live_service.environment["GAUNTLET_MAX_JOB_WAITERS"] = "1"
+    live_service.start_api()
+    job_id = running_job(live_service.tenant.id)
+    for attempt in range(3):
+        with live_service.client() as client:
+            with client.stream("GET", f"/v1/jobs/{job_id}/events") as stream:
+                assert stream.status_code == 200
+                lines = stream.iter_lines()  # kept: dropping it would close the connection
+                assert next(lines) == "retry: 3000"
+                busy = client.get(f"/v1/jobs/{job_id}", params={"wait": 5})
+                assert busy.status_code == 503, (attempt, busy.text)
+                assert busy.json()["code"] == "too_many_waiters"
+        # The stream's connection is closed: the server notices and frees the slot.
+        deadline = time.monotonic() + 5
+        with live_service.client() as client:
+            while True:
+                answer = client.get(f"/v1/jobs/{job_id}", params={"wait": 0.5})
+                if answer.status_code == 200 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
+        assert answer.status_code == 200, answer.text
