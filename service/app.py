@@ -8,6 +8,7 @@ from fastapi import FastAPI
 
 from service import architectures, health, logs, presets
 from service.datasets.router import router as datasets_router
+from service.jobs.events import make_watcher
 from service.jobs.router import router as jobs_router
 from service.limits import RequestGuard
 from service.models.router import router as models_router
@@ -40,6 +41,8 @@ def create_app() -> FastAPI:
         responses=problem_responses,  # type: ignore[arg-type]
     )
     install_handlers(app)
+    # One per process: every event stream and long poll waits on it (service/jobs/watcher.py).
+    app.state.job_watcher = make_watcher(settings)
     for router in (
         models_router,
         datasets_router,

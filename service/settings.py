@@ -105,6 +105,21 @@ class Settings(BaseSettings):
     max_active_jobs_per_tenant: int = Field(
         20, description="Queued and running jobs a tenant may have; more get 429."
     )
+    job_watch_seconds: float = Field(
+        0.5,
+        gt=0,
+        description="How often an API process reads the state of the jobs its event streams "
+        "and long polls wait on (one query for all of them).",
+    )
+    max_job_waiters: int = Field(
+        1000,
+        ge=1,
+        description="Event streams and long polls one API process serves at once; more get "
+        "503 too_many_waiters.",
+    )
+    event_heartbeat_seconds: float = Field(
+        15.0, gt=0, description="Seconds between keep-alive comments on an event stream."
+    )
     idempotency_ttl_seconds: float = Field(
         24 * 3600.0, description="How long an Idempotency-Key returns the job it created."
     )

@@ -33,6 +33,14 @@ def get_any(session: Session, job_id: str) -> Job | None:
     return session.get(Job, job_id, populate_existing=True)
 
 
+def states(session: Session, job_ids: Sequence[str]) -> Sequence[Any]:
+    """``(id, status, progress)`` of each of ``job_ids`` that exists: one query for all the
+    jobs clients are waiting on (the API's watcher)."""
+    return session.execute(
+        select(Job.id, Job.status, Job.progress).where(Job.id.in_(job_ids))
+    ).all()
+
+
 def get_by_idempotency_key(session: Session, tenant_id: str, key: str) -> Job | None:
     """The tenant's job created with this Idempotency-Key."""
     return session.scalars(

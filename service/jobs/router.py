@@ -8,13 +8,14 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import HTMLResponse, StreamingResponse
 
 from service.deps import OptionalPrincipalDep, PrincipalDep, SessionDep, SettingsDep
-from service.jobs import repository, service
+from service.jobs import events, repository, service
 from service.jobs.kinds import JobSpec
 from service.jobs.report import render_report
 from service.jobs.schemas import ArtifactRead, JobList, JobRead, ReportLink
 from service.pagination import Cursor, Limit, next_cursor
 from service.problems import ProblemError, not_found, problem_responses
 from service.storage import get_store
+from service.tables import JobStatus
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -90,10 +91,56 @@ def list_jobs(
     )
 
 
-@router.get("/{job_id}")
-def get_job(principal: PrincipalDep, session: SessionDep, job_id: str) -> JobRead:
-    """Get a job: status, progress, timestamps, error, result."""
-    return JobRead.from_row(service.get_job(session, principal, job_id))
+WaitSeconds = Annotated[
+    float,
+    Query(
+        ge=0,
+        le=60,
+        description="Long poll: answer as soon as the job's status or progress differs from "
+        "its state when the request arrived, or after this many seconds (0: at once). A final "
+        "job is answered at once.",
+    ),
+]
+
+EVENT_STREAM_DESCRIPTION = (
+    'Server-sent events: `event: progress` with `data: {"fraction", "stage", "message", '
+    '"status"}`, first for the job\'s state now, then whenever its status or progress '
+    "changes; once the job is final, one `event: status` whose data is the job as "
+    "`GET /v1/jobs/{id}` returns it, and the stream ends. A comment line (`: keep-alive`) "
+    "every 15 seconds meanwhile."
+)
+
+
+@router.get("/{job_id}", responses=problem_responses(503))
+async def get_job(
+    principal: PrincipalDep, request: Request, job_id: str, wait: WaitSeconds = 0
+) -> JobRead:
+    """Get a job: status, progress, timestamps, error, result; `wait` long-polls."""
+    return await events.long_poll(request, principal, job_id, wait)
+
+
+@router.get(
+    "/{job_id}/events",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "description": EVENT_STREAM_DESCRIPTION,
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+        },
+        **problem_responses(503),
+    },
+)
+async def job_events(
+    principal: PrincipalDep, request: Request, settings: SettingsDep, job_id: str
+) -> StreamingResponse:
+    """Stream a job's progress as server-sent events until it is final."""
+    job = await events.read_job(principal, job_id)
+    subscription = None if job.status in JobStatus.FINAL else events.subscribe(request, job)
+    return StreamingResponse(
+        events.event_stream(principal, job, subscription, settings.event_heartbeat_seconds),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
 
 
 @router.post("/{job_id}/cancel", status_code=202, responses=problem_responses(409))
