@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Form, Response, UploadFile
+from fastapi import APIRouter, Form, Query, Response, UploadFile
 from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 from starlette.background import BackgroundTask
@@ -14,7 +14,14 @@ from service.deps import PrincipalDep, SessionDep, SettingsDep
 from service.models import repository, service
 from service.models.schemas import ModelList, ModelMeta, ModelRead
 from service.pagination import Cursor, Limit, next_cursor
-from service.problems import FieldError, ProblemError, field_errors, invalid, validation_problem
+from service.problems import (
+    FieldError,
+    Problem,
+    ProblemError,
+    field_errors,
+    invalid,
+    validation_problem,
+)
 from service.settings import UPLOAD_FIELD_BYTES, UPLOAD_MAX_FIELDS, Settings
 from service.storage import get_store
 from service.untrusted_json import UntrustedJsonError, load_untrusted_json
@@ -52,6 +59,7 @@ def parse_meta(raw: str, settings: Settings) -> ModelMeta:
 @router.post(
     "",
     status_code=202,
+    responses={409: {"model": Problem, "content": {"application/problem+json": {}}}},
     form_limits={
         "max_files": 1,
         "max_fields": UPLOAD_MAX_FIELDS,
@@ -85,10 +93,22 @@ def upload_model(
 
 @router.get("")
 def list_models(
-    principal: PrincipalDep, session: SessionDep, limit: Limit = 50, cursor: Cursor = None
+    principal: PrincipalDep,
+    session: SessionDep,
+    limit: Limit = 50,
+    cursor: Cursor = None,
+    name: Annotated[
+        str | None,
+        Query(min_length=1, max_length=200, description="Only this name's versions."),
+    ] = None,
+    version: Annotated[
+        int | None, Query(ge=1, description="Only this version (with or without name).")
+    ] = None,
 ) -> ModelList:
-    """List the tenant's models, newest first."""
-    rows = repository.list_page(session, principal.tenant_id, limit=limit, cursor=cursor)
+    """List the tenant's models, newest first (with ``name``: that name's versions)."""
+    rows = repository.list_page(
+        session, principal.tenant_id, limit=limit, cursor=cursor, name=name, version=version
+    )
     return ModelList(
         items=[ModelRead.from_row(r) for r in rows],
         next_cursor=next_cursor([r.id for r in rows], limit),
