@@ -244,12 +244,10 @@ def get_job_by_report_token(session: Session, job_id: str, token: str) -> Job:
     return job
 
 
-def report_link(
-    principal: Principal, job: Job, *, seconds: int, expires: int | None = None
-) -> tuple[str, dt.datetime]:
-    """A token for a link that opens ``job``'s report without the API key, and its expiry:
-    ``seconds`` from now, or at ``expires`` (Unix seconds) when given."""
-    expires = int(time.time()) + seconds if expires is None else expires
+def report_link(principal: Principal, job: Job, *, seconds: int) -> tuple[str, dt.datetime]:
+    """A token for a link that opens ``job``'s report without the API key, and its expiry
+    ``seconds`` from now."""
+    expires = int(time.time()) + seconds
     return (
         report_token(principal.tenant_id, job.id, expires),
         dt.datetime.fromtimestamp(expires, dt.UTC),

@@ -11,12 +11,11 @@ from fastapi.responses import HTMLResponse
 from pydantic import BaseModel
 
 from service.deps import OptionalPrincipalDep, PrincipalDep, SessionDep, SettingsDep
-from service.jobs import service as jobs
 from service.leaderboard import service
 from service.leaderboard.page import render_leaderboard
 from service.pages import html_page
 from service.problems import Problem, ProblemError
-from service.tenants.service import Principal
+from service.security import report_token
 
 router = APIRouter(prefix="/v1", tags=["leaderboard"])
 
@@ -45,12 +44,8 @@ def leaderboard(
     session: SessionDep,
     settings: SettingsDep,
     request: Request,
-    tenant: Annotated[
-        str | None, Query(max_length=40, description="From leaderboard-link.")
-    ] = None,
-    token: Annotated[
-        str | None, Query(max_length=200, description="From leaderboard-link.")
-    ] = None,
+    tenant: Annotated[str | None, Query(max_length=40, description=FROM_LINK)] = None,
+    token: Annotated[str | None, Query(max_length=200, description=FROM_LINK)] = None,
 ) -> HTMLResponse:
     """Every model version of the team with its latest audit, and a trend chart per name
     (the API key, or a signed link's tenant and token)."""
@@ -68,14 +63,12 @@ def leaderboard(
             "send the API key or use a leaderboard link",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    owner = Principal(tenant_id=tenant_id, key_id="", is_admin=False)
     table = service.rows(session, tenant_id)
-    by_id = {row.job.id: row.job for row in table if row.job is not None}
 
     def report_url(job_id: str) -> str:
         # A report link that ends with the leaderboard link it was reached through.
-        token, _ = jobs.report_link(owner, by_id[job_id], seconds=0, expires=expires)
-        return str(request.url_for("job_report", job_id=job_id).include_query_params(token=token))
+        signed = report_token(tenant_id, job_id, expires)
+        return str(request.url_for("job_report", job_id=job_id).include_query_params(token=signed))
 
     return html_page(render_leaderboard(table, report_url))
 
