@@ -21,7 +21,7 @@ COPY worker worker
 COPY adversarial adversarial
 COPY client client
 COPY migrations migrations
-RUN pip install ".[worker]"
+RUN pip install ".[worker,s3]"
 
 RUN useradd --create-home gauntlet && mkdir -p /data && chown gauntlet /data
 USER gauntlet

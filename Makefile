@@ -14,11 +14,11 @@ $(BIN)/python:
 
 $(VENV)/.installed-serve: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q "$(TORCH)"
-	$(BIN)/pip install -q -e ".[worker]"
+	$(BIN)/pip install -q -e ".[worker,s3]"
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed-serve
-	$(BIN)/pip install -q -e ".[worker,dev]"
+	$(BIN)/pip install -q -e ".[worker,s3,dev]"
 	# An independent attack implementation to check ours against; --no-deps keeps its
 	# requirements (torchvision, which pulls CUDA wheels) out.
 	$(BIN)/pip install -q --no-deps "torchattacks==3.5.1"
@@ -44,7 +44,7 @@ api: $(VENV)/.installed-serve
 	$(BIN)/uvicorn service.main:app --host 0.0.0.0 --port $${GAUNTLET_PORT:-8000}
 
 worker: $(VENV)/.installed-serve
-	$(BIN)/celery -A worker.celery_app worker --concurrency 1 --loglevel INFO
+	$(BIN)/celery -A worker.celery_app worker --concurrency 1 --loglevel INFO --without-heartbeat --without-gossip --without-mingle
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -20,6 +20,7 @@ from torch import nn
 from adversarial.checks import Finding, large_eps_check, model_checks, result_checks
 from adversarial.corruptions import CorruptionReport, corruption_accuracy
 from adversarial.evaluation import AttackConfig, EvaluationResult, ProgressCallback, evaluate
+from adversarial.models.blackbox import is_differentiable
 
 
 @dataclass(frozen=True)
@@ -137,7 +138,7 @@ def audit(
         report(1.0, "checks", "checking the attacks' results")
         findings += result_checks(evaluation)
         correct = evaluation.clean_correct
-        if correct.any():
+        if correct.any() and is_differentiable(model):  # PGD needs gradients
             large_eps_accuracy, large_eps_findings = large_eps_check(
                 model,
                 x[correct],

@@ -18,6 +18,7 @@ from torch import nn
 
 from adversarial.attacks import make_attack
 from adversarial.evaluation import AttackOutcome, EvaluationResult
+from adversarial.models.blackbox import is_differentiable
 from adversarial.randomness import ExampleStreams
 from adversarial.threat import make_threat_model
 from adversarial.verification import verify_adversarial
@@ -54,7 +55,9 @@ def model_checks(
     device: torch.device | str = "cpu",
     max_examples: int = 256,
 ) -> list[Finding]:
-    """Checks of the model itself on (a prefix of) the evaluation data."""
+    """Checks of the model itself on (a prefix of) the evaluation data (for a black box,
+    :func:`adversarial.models.blackbox.is_differentiable` false, only the determinism check:
+    it has no gradients, and its scores may be probabilities)."""
     device = torch.device(device)
     was_training = model.training
     model.eval()
@@ -74,6 +77,10 @@ def model_checks(
                     "expectation-over-transformation attack is needed for a trustworthy number.",
                 )
             )
+        if not is_differentiable(model):
+            # A black box is queried, never differentiated: its scores may well be
+            # probabilities (score-based attacks do not mind), and it has no gradients.
+            return findings
         sums = first.sum(dim=1)
         if (
             first.min() >= 0

@@ -40,6 +40,7 @@ from adversarial.evaluation import (
     per_class_accuracy,
     worst_cases,
 )
+from adversarial.models.blackbox import is_differentiable
 
 _FORMAT = "gauntlet.audit-part.v1"
 
@@ -253,7 +254,7 @@ def merged_audit(
         report(1.0, "checks", "checking the attacks' results")
         findings += result_checks(evaluation)
         correct = evaluation.clean_correct
-        if correct.any():
+        if correct.any() and is_differentiable(model):  # PGD needs gradients
             large_eps_accuracy, large_eps_findings = large_eps_check(
                 model,
                 x[correct],

@@ -73,6 +73,7 @@ __all__ = [
     "crafted_to_bytes",
     "predict",
     "score",
+    "score_crafted",
     "source_model",
     "transfer_matrix",
     "verify_crafted",
@@ -572,6 +573,48 @@ def verify_crafted(
     verify_adversarial(
         threat, crafted.adversarial_inputs, x_clean.detach().cpu(), crafted.attack.label
     )
+
+
+def score_crafted(
+    target: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    crafted_sets: Sequence[CraftedSet],
+    *,
+    example_ids: torch.Tensor | None = None,
+    batch_size: int | None = None,
+    device: torch.device | str = "cpu",
+    progress: ProgressCallback | None = None,
+) -> tuple[float, list[TransferCell]]:
+    """Score one target against several (stored) crafted sets of the same examples: the
+    target's clean predictions once, then :func:`score` for each set, after checking that
+    the set belongs to these examples and obeys its attack (:func:`verify_crafted`).
+
+    Returns the target's clean accuracy and one cell per set, in order; the cells equal
+    those :func:`transfer_matrix` gives for the same target and sets.
+    """
+    _check_examples(x, y)
+    for crafted in crafted_sets:
+        verify_crafted(crafted, x, y, example_ids)
+    clean_predictions, _ = predict(target, x, batch_size=batch_size, device=device)
+    clean_accuracy = _fraction(clean_predictions == y.detach().cpu().long())
+    cells = []
+    for index, crafted in enumerate(crafted_sets):
+        cells.append(
+            score(
+                target,
+                x,
+                crafted.adversarial_inputs,
+                y,
+                crafted.source_adversarial_predictions,
+                batch_size=batch_size,
+                device=device,
+                target_clean_predictions=clean_predictions,
+            )
+        )
+        if progress is not None:
+            progress((index + 1) / len(crafted_sets), "score", crafted.attack.label)
+    return clean_accuracy, cells
 
 
 def _scaled(progress: ProgressCallback | None, start: float, span: float) -> ProgressCallback:

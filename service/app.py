@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import logging
+from typing import Any
 
 from fastapi import FastAPI
 
-from service import architectures, health, presets
+from service import architectures, health, logs, presets
 from service.datasets.router import router as datasets_router
 from service.jobs.router import router as jobs_router
 from service.leaderboard.router import router as leaderboard_router
 from service.limits import RequestGuard
 from service.models.router import router as models_router
-from service.problems import Problem, install_handlers
+from service.problems import Problem, install_handlers, problem_openapi
 from service.settings import get_settings
 
 VERSION = "0.1.0"
@@ -29,7 +29,7 @@ audit (`POST /v1/jobs`), poll `GET /v1/jobs/{id}` and read `result`. Every reque
 def create_app() -> FastAPI:
     """Build the API application."""
     settings = get_settings()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logs.configure(settings.log_format)
     problem_responses = {
         status: {"model": Problem, "content": {"application/problem+json": {}}}
         for status in (401, 404, 413, 422)
@@ -74,4 +74,42 @@ def create_app() -> FastAPI:
         public_paths=public_paths,
     )
     app.add_middleware(health.MetricsMiddleware)
+    app.add_middleware(logs.RequestIdMiddleware)
+    _document_as_served(app, public_paths)
     return app
+
+
+def _document_as_served(app: FastAPI, public_paths: set[str]) -> None:
+    """The OpenAPI document says what the service does: problems as problem+json, and the
+    bearer key on every operation but the public ones (and the report, which also opens with
+    a signed link's token)."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = problem_openapi(generate())
+            schema.setdefault("components", {})["securitySchemes"] = {
+                "apiKey": {"type": "http", "scheme": "bearer", "description": "An API key."},
+                "metricsToken": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "GAUNTLET_METRICS_TOKEN, when the server sets one.",
+                },
+            }
+            schema["security"] = [{"apiKey": []}]
+            for path, operations in schema.get("paths", {}).items():
+                for operation in operations.values():
+                    if path == "/metrics":
+                        operation["security"] = [{"metricsToken": []}, {}]
+                    elif path in public_paths:
+                        operation["security"] = []
+                    elif operation.get("operationId", "").startswith("job_report_"):
+                        operation["security"] = [{"apiKey": []}, {}]
+            for name, component in schema["components"].get("schemas", {}).items():
+                if name.startswith("Body_") and component.get("type") == "object":
+                    # An upload's form: a field it does not name is refused (too many fields).
+                    component["additionalProperties"] = False
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

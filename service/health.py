@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hmac
 import time
+from typing import Annotated
 
-from fastapi import APIRouter, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Header, Response
+from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -18,7 +20,10 @@ from sqlalchemy import text
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.database import session_scope
+from service.deps import SettingsDep
 from service.jobs import repository as jobs
+from service.metrics import JobTableCollector
+from service.problems import problem_responses, unauthenticated
 from service.queue import broker_reachable
 from service.tables import JobStatus
 
@@ -74,7 +79,10 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get(
+    "/readyz",
+    responses={503: {"description": "The database or the broker is unreachable."}},
+)
 def readyz() -> JSONResponse:
     """The database and the broker are reachable (503 otherwise)."""
     checks = {"database": "ok", "broker": "ok"}
@@ -92,9 +100,29 @@ def readyz() -> JSONResponse:
     )
 
 
-@router.get("/metrics")
-def metrics(_request: Request) -> Response:
-    """Prometheus metrics: requests, latency, jobs by status."""
+REGISTRY.register(JobTableCollector())
+
+
+@router.get(
+    "/metrics",
+    response_class=PlainTextResponse,
+    responses={
+        200: {
+            "description": "The Prometheus text format.",
+            "content": {CONTENT_TYPE_LATEST.split(";")[0]: {"schema": {"type": "string"}}},
+        },
+        **problem_responses(401),
+    },
+)
+def metrics(
+    settings: SettingsDep,
+    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> Response:
+    """Prometheus metrics (the metrics token when GAUNTLET_METRICS_TOKEN is set)."""
+    if settings.metrics_token is not None and not _is_metrics_token(
+        authorization, settings.metrics_token.get_secret_value()
+    ):
+        raise unauthenticated("send 'Authorization: Bearer <GAUNTLET_METRICS_TOKEN>'")
     try:
         with session_scope() as session:
             counts = jobs.count_by_status(session)
@@ -103,3 +131,10 @@ def metrics(_request: Request) -> Response:
     except Exception:
         pass  # metrics must answer even when the database does not
     return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+
+def _is_metrics_token(authorization: str | None, token: str) -> bool:
+    scheme, _, credentials = (authorization or "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        credentials.strip().encode(), token.encode()
+    )

@@ -171,8 +171,16 @@ class RequestGuard:
             )
             await self._answer(problem, scope, receive, send, close=False)
             return
-        except (json.JSONDecodeError, UnicodeDecodeError):
+        except json.JSONDecodeError:
             pass  # FastAPI answers malformed JSON with its own 422, naming the position
+        except UnicodeDecodeError as exc:
+            # FastAPI would answer a generic 400: say what is wrong, as for any bad body.
+            reason = f"not valid JSON: the body is not UTF-8 (byte {exc.start})"
+            problem = ProblemError(
+                422, "invalid_json", reason, errors=[FieldError(field="body", reason=reason)]
+            )
+            await self._answer(problem, scope, receive, send, close=False)
+            return
         except ValueError as exc:  # e.g. an integer of more than 4300 digits
             problem = ProblemError(
                 422, "invalid_json", str(exc), errors=[FieldError(field="body", reason=str(exc))]

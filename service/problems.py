@@ -15,6 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +69,7 @@ _TITLES = {
     404: "Not Found",
     405: "Method Not Allowed",
     409: "Conflict",
+    410: "Gone",
     413: "Content Too Large",
     415: "Unsupported Media Type",
     422: "Unprocessable Content",
@@ -75,6 +77,10 @@ _TITLES = {
     500: "Internal Server Error",
     503: "Service Unavailable",
 }
+
+
+# Problem codes of the errors Starlette and FastAPI raise themselves.
+_HTTP_CODES = {400: "malformed_body", 404: "not_found", 405: "method_not_allowed"}
 
 
 def not_found(kind: str, object_id: str) -> ProblemError:
@@ -92,6 +98,60 @@ def invalid(field: str, reason: str, *, code: str = "invalid_request") -> Proble
     return ProblemError(
         422, code, f"{field}: {reason}", errors=[FieldError(field=field, reason=reason)]
     )
+
+
+def problem_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries for the problems a route answers besides the app-wide
+    ones (``responses=problem_responses(409)``); :func:`problem_openapi` gives them their
+    media type."""
+    return {
+        status: {"model": Problem, "description": _TITLES[status], "content": {PROBLEM_JSON: {}}}
+        for status in statuses
+    }
+
+
+def problem_openapi(schema: dict[str, Any]) -> dict[str, Any]:
+    """Rewrite a generated OpenAPI document so problem responses are documented as they are
+    sent: ``application/problem+json`` with the :class:`Problem` schema, and nothing else
+    (FastAPI files a response model under the route's own media type: JSON, HTML, bytes)."""
+    for operations in schema.get("paths", {}).values():
+        for operation in operations.values():
+            if not isinstance(operation, dict):
+                continue
+            for response in operation.get("responses", {}).values():
+                content = response.get("content", {})
+                if PROBLEM_JSON in content:
+                    response["content"] = {
+                        PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}
+                    }
+    return schema
+
+
+# The methods a 405's ``Allow`` may name (every one a route here could declare).
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route of the request's path answers (for a 405's ``Allow``).
+
+    Starlette's router stops at the first route whose path matches, so its ``Allow`` names
+    only that route's methods, not those of the path's other routes (GET and DELETE of
+    ``/v1/models/{id}`` are two routes).
+    """
+    allowed = []
+    for method in _METHODS:
+        # A bare scope: only the path and the method decide a match.
+        scope = {
+            "type": "http",
+            "path": request.scope["path"],
+            "root_path": request.scope.get("root_path", ""),
+            "method": method,
+            "headers": [],
+            "query_string": b"",
+        }
+        if any(route.matches(scope)[0] == Match.FULL for route in request.app.routes):
+            allowed.append(method)
+    return allowed
 
 
 def problem_response(
@@ -186,10 +246,18 @@ def install_handlers(app: FastAPI) -> None:
         return problem_response(422, problem.code, problem.detail, errors=problem.errors)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        headers = dict(getattr(exc, "headers", None) or {})
+        errors = None
+        if exc.status_code == 405:
+            headers["Allow"] = ", ".join(allowed_methods(request))
+        if exc.status_code == 400:
+            # FastAPI's only 400s: a body it could not parse (a malformed multipart form,
+            # too many fields or files in one).
+            errors = [FieldError(field="body", reason=str(exc.detail))]
+        code = _HTTP_CODES.get(exc.status_code, "http_error")
         return problem_response(
-            exc.status_code, code, str(exc.detail), headers=getattr(exc, "headers", None)
+            exc.status_code, code, str(exc.detail), errors=errors, headers=headers or None
         )
 
     @app.exception_handler(Exception)

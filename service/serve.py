@@ -18,6 +18,7 @@ from types import FrameType
 
 import httpx
 
+from service import processes as commands
 from service.admin import ensure_local_key, migrate
 from service.settings import get_settings
 
@@ -69,8 +70,7 @@ def main() -> int:
         [
             sys.executable,
             "-m",
-            "uvicorn",
-            "service.main:app",
+            *commands.API,
             "--host",
             settings.host,
             "--port",
@@ -83,16 +83,9 @@ def main() -> int:
         [
             sys.executable,
             "-m",
-            "celery",
-            "-A",
-            "worker.celery_app",
-            "worker",
+            *commands.WORKER,
             "--queues",
             settings.worker_queue,
-            "--concurrency",
-            "1",
-            "--loglevel",
-            "INFO",
             "--hostname",
             "gauntlet-local@%h",
         ]

@@ -40,8 +40,27 @@ class Settings(BaseSettings):
     )
     database_url: str = Field("", description="SQLAlchemy URL; default: SQLite in data_dir.")
     broker_url: str = Field("", description="Celery broker URL; default: filesystem in data_dir.")
+    artifact_store: Literal["local", "s3"] = Field(
+        "local",
+        description="Where artifacts (models, datasets, job files) live: 'local' (a folder, "
+        "artifact_dir) or 's3' (a bucket of an S3-compatible object store).",
+    )
     artifact_dir: Path | None = Field(
         None, description="Artifact store folder; default data_dir/artifacts."
+    )
+    s3_bucket: str = Field("", description="The bucket of the 's3' artifact store.")
+    s3_prefix: str = Field(
+        "", description="Key prefix inside the bucket (e.g. 'gauntlet/'); keys are prefix+sha256."
+    )
+    s3_endpoint_url: str = Field(
+        "", description="S3 endpoint (MinIO, Ceph, ...); default: AWS for the region."
+    )
+    s3_region: str = Field("", description="S3 region; default: boto3's (AWS_DEFAULT_REGION).")
+    s3_access_key_id: str = Field(
+        "", description="S3 access key; default: boto3's chain (AWS_ACCESS_KEY_ID, a role)."
+    )
+    s3_secret_access_key: SecretStr = Field(
+        SecretStr(""), description="S3 secret key; default: boto3's chain."
     )
     api_key_pepper: SecretStr = Field(
         SecretStr(_DEV_PEPPER), description="Secret mixed into API key hashes (HMAC-SHA256)."
@@ -120,6 +139,18 @@ class Settings(BaseSettings):
     worker_queue: str = Field("gauntlet", description="Celery queue name workers consume.")
     eval_batch_size: int = Field(256, description="Examples per attack batch.")
 
+    # --- Operations: metrics and logs ---------------------------------------------------
+    metrics_token: SecretStr | None = Field(
+        None,
+        description="When set, GET /metrics needs 'Authorization: Bearer <this token>' (it "
+        "shows every tenant's job counts); unset, it is open (development default).",
+    )
+    log_format: Literal["plain", "json"] = Field(
+        "plain",
+        description="'json': one JSON object per log line, with job_id (workers) or "
+        "request_id (API) when there is one; 'plain': text.",
+    )
+
     # --- The model jail (worker/jail): where untrusted model code runs --------------------
     jail_mode: Literal["auto", "namespaces", "process"] = Field(
         "auto",
@@ -167,10 +198,14 @@ class Settings(BaseSettings):
             self.broker_url = "filesystem://"
         if self.artifact_dir is None:
             self.artifact_dir = self.data_dir / "artifacts"
+        if self.artifact_store == "s3" and not self.s3_bucket:
+            raise ValueError("GAUNTLET_ARTIFACT_STORE=s3 needs GAUNTLET_S3_BUCKET")
         if not self.public_url:
             self.public_url = f"http://{self.host}:{self.port}"
         if self.broker_visibility_timeout <= 0:
             self.broker_visibility_timeout = 2 * self.job_time_limit_seconds
+        if self.metrics_token is not None and not self.metrics_token.get_secret_value():
+            self.metrics_token = None
         if self.heartbeat_seconds >= self.lease_seconds:
             raise ValueError("heartbeat_seconds must be shorter than lease_seconds")
         if self.environment == "production":
@@ -187,6 +222,11 @@ class Settings(BaseSettings):
                 )
             if self.database_url.startswith("sqlite"):
                 raise ValueError("production needs GAUNTLET_DATABASE_URL (Postgres), not SQLite")
+            if self.metrics_token is None:
+                raise ValueError(
+                    "GAUNTLET_METRICS_TOKEN must be set in production (/metrics shows every "
+                    "tenant's job counts)"
+                )
         return self
 
     @property

@@ -16,6 +16,7 @@ from sqlalchemy import (
     Integer,
     String,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
@@ -102,6 +103,8 @@ class Model(Base):
     validation_job_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
     source_job_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
     parent_model_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    # Queried, never differentiated: an ai.onnx.ml graph, or an ONNX model its meta marks so.
+    black_box: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
     deleted_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
@@ -191,3 +194,14 @@ class Artifact(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     __table_args__ = (UniqueConstraint("job_id", "name", name="uq_artifacts_job_name"),)
+
+
+class MetricCounter(Base):
+    """A Prometheus counter that any process may increment (service/metrics.py): events that
+    leave no row of their own, counted in the transaction that makes them."""
+
+    __tablename__ = "metric_counters"
+
+    name: Mapped[str] = mapped_column(String(80), primary_key=True)
+    labels: Mapped[str] = mapped_column(String(400), primary_key=True)
+    value: Mapped[int] = mapped_column(BigInteger, default=0)

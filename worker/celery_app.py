@@ -11,14 +11,36 @@ from typing import Any
 
 from celery import signals
 
+from service import logs
 from service.database import reset_engine
-from service.queue import get_celery
+from service.queue import RUN_JOB_TASK, get_celery
 
 app = get_celery()
 app.conf.include = ["worker.tasks"]
 
 logger = logging.getLogger(__name__)
 _reconciler: Any = None
+
+
+@signals.after_setup_logger.connect
+@signals.after_setup_task_logger.connect
+def _log_format(logger: logging.Logger, **_: Any) -> None:
+    # Celery sets its handlers up; they get the job id, and JSON when the settings say so.
+    from service.settings import get_settings
+
+    logs.install(logger.handlers, get_settings().log_format)
+
+
+@signals.task_prerun.connect
+def _job_context(task: Any = None, args: Any = None, **_: Any) -> None:
+    # Every line the job's process logs while it runs carries its id (service.logs).
+    if getattr(task, "name", None) == RUN_JOB_TASK and args:
+        logs.job_id.set(str(args[0]))
+
+
+@signals.task_postrun.connect
+def _job_context_ends(**_: Any) -> None:
+    logs.job_id.set(None)
 
 
 @signals.worker_process_init.connect

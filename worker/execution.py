@@ -20,6 +20,7 @@ from service.settings import Settings, get_settings
 from service.tables import Job, JobStatus
 from worker.lease import JobCancelled, Lease, LeaseLost
 from worker.runners import RUNNERS
+from worker.runners.base import WaitForParts
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +39,8 @@ def non_finite_warning(where: list[str]) -> dict[str, str]:
 
 def execute_job(job_id: str, *, settings: Settings | None = None, owner: str | None = None) -> str:
     """Run a queued job to a final state. Returns what happened (for logs and tests):
-    ``skipped`` (not claimable), ``succeeded``, ``failed``, ``cancelled`` or ``lease_lost``."""
+    ``skipped`` (not claimable), ``succeeded``, ``failed``, ``cancelled``, ``lease_lost`` or
+    ``waiting`` (it staged parts and runs again when they have finished)."""
     settings = settings or get_settings()
     lease = Lease(job_id, settings, owner)
     if not lease.claim():
@@ -76,6 +78,14 @@ def _run_claimed(job: Job, lease: Lease, settings: Settings) -> str:
         except JobCancelled:
             lease.finish(JobStatus.CANCELLED, error=CANCELLED_ERROR)
             return JobStatus.CANCELLED
+        except WaitForParts as waiting:
+            if lease.wait_for_parts(waiting.stage, waiting.message):
+                logger.info("job %s: waiting for its parts (%s)", job_id, waiting.message)
+                return "waiting"
+            # Not handed over: a client asked to cancel it, or the lease is gone.
+            if lease.finish(JobStatus.CANCELLED, error=CANCELLED_ERROR):
+                return JobStatus.CANCELLED
+            return "lease_lost"
         except LeaseLost:
             logger.warning("job %s: lease lost; another worker owns it now", job_id)
             return "lease_lost"

@@ -11,6 +11,7 @@ final write are retried with backoff for as long as the lease lasts.
 
 from __future__ import annotations
 
+import contextvars
 import datetime as dt
 import logging
 import os
@@ -23,6 +24,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy.orm import Session
 
+from service.blobs.service import release_after_commit, release_inputs_after_commit
 from service.database import is_transient, session_scope, utcnow
 from service.jobs import repository
 from service.settings import Settings
@@ -101,8 +103,10 @@ class Lease:
             delay = min(delay * 2, _MAX_RETRY_SECONDS)
 
     def __enter__(self) -> Lease:
+        # The heartbeat's log lines belong to the job too (service.logs.job_id).
+        context = contextvars.copy_context()
         self._thread = threading.Thread(
-            target=self._heartbeat, name=f"lease-{self.job_id}", daemon=True
+            target=context.run, args=(self._heartbeat,), name=f"lease-{self.job_id}", daemon=True
         )
         self._thread.start()
         return self
@@ -181,7 +185,7 @@ class Lease:
                 ):
                     session.rollback()
                     return False
-                repository.replace_artifact(
+                replaced = repository.replace_artifact(
                     session,
                     Artifact(
                         id=new_id("a"),
@@ -193,6 +197,9 @@ class Lease:
                         content_type=content_type,
                     ),
                 )
+                # An earlier checkpoint's bytes go, unless another row has them too.
+                for old_sha256 in replaced:
+                    release_after_commit(session, get_store(), old_sha256)
             return True
 
         if not self.retry(record):
@@ -214,6 +221,24 @@ class Lease:
                     utcnow(),
                     {"fraction": 0.0, "stage": "queued", "message": message},
                 )
+
+        return self.retry(write)
+
+    def wait_for_parts(self, stage: Callable[[Session], None], message: str) -> bool:
+        """Stage parts (``stage`` adds their jobs, with this job as parent) and let go of the
+        job so it waits for them, in one transaction; the parts are sent once it commits.
+        ``False`` (nothing staged) when the lease was lost or a client asked to cancel."""
+        progress = {"fraction": 0.0, "stage": "parts", "message": message}
+
+        def write() -> bool:
+            with session_scope() as session:
+                if not repository.wait_for_parts(
+                    session, self.job_id, self.owner, utcnow(), progress
+                ):
+                    session.rollback()
+                    return False
+                stage(session)
+            return True
 
         return self.retry(write)
 
@@ -268,6 +293,7 @@ class Lease:
                     return False
                 if also is not None:
                     also(session)
+                release_inputs_after_commit(session, get_store(), self.job_id)
             return True
 
         written = self.retry(write)

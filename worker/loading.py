@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +13,7 @@ from adversarial.models.wrapper import InputSpaceModel
 from service.datasets.builtin import BUILTIN_PREFIX
 from service.datasets.reader import DatasetLimits, read_dataset
 from service.settings import Settings
-from service.storage import ArtifactStore, LocalArtifactStore
+from service.storage import ArtifactStore
 from service.tables import Dataset, Model
 
 
@@ -43,20 +39,6 @@ def model_spec(row: Model) -> ModelSpec:
         architecture=architecture.get("name"),
         architecture_kwargs=architecture.get("kwargs", {}),
     )
-
-
-@contextmanager
-def stored_file(store: ArtifactStore, sha256: str) -> Iterator[Path]:
-    """A stored blob as a file (a jail's input): the blob itself in a local store, a
-    temporary copy otherwise."""
-    if isinstance(store, LocalArtifactStore):
-        yield store.local_path(sha256)
-        return
-    with tempfile.TemporaryDirectory(prefix="gauntlet-blob-") as folder:
-        path = Path(folder) / sha256
-        with store.open(sha256) as source, path.open("wb") as target:
-            shutil.copyfileobj(source, target)
-        yield path
 
 
 def load_user_model(row: Model, store: ArtifactStore, settings: Settings) -> InputSpaceModel:

@@ -14,10 +14,13 @@ import datetime as dt
 import logging
 import threading
 
+from service import metrics
+from service.blobs.service import release_inputs_after_commit
 from service.database import session_scope, utcnow
 from service.jobs import repository
 from service.jobs.service import dispatch, finish_part
 from service.settings import Settings, get_settings
+from service.storage import get_store
 from service.tables import JobStatus
 from worker.runners import RUNNERS
 
@@ -69,10 +72,20 @@ def reconcile_once(settings: Settings | None = None) -> dict[str, int]:
                 }
             if not repository.release_expired(session, job, now, values):
                 continue  # its worker came back, or another reconciler got there first
+            metrics.increment(session, metrics.LEASE_EXPIRIES, kind=job.kind)
+            metrics.increment(session, metrics.RECONCILER_ACTIONS, action=outcome, kind=job.kind)
             runner = RUNNERS.get(job.kind)
             if outcome == "failed" and runner is not None:
                 runner.on_failure(session, job, values["error"])  # type: ignore[arg-type]
-        logger.warning("job %s: lease of %s expired; %s", job.id, job.lease_owner, outcome)
+            if outcome != "requeued":
+                release_inputs_after_commit(session, get_store(), job.id)
+        logger.warning(
+            "job %s: lease of %s expired; %s",
+            job.id,
+            job.lease_owner,
+            outcome,
+            extra={"job_id": job.id},
+        )
         counts[outcome] += 1
         if outcome != "requeued" and job.parent_id is not None:
             finish_part(job.parent_id)
@@ -90,6 +103,14 @@ def reconcile_once(settings: Settings | None = None) -> dict[str, int]:
     for job_id in unsent:
         dispatch(job_id)
         counts["resent"] += 1
+    if counts["woken"] or counts["resent"]:
+        # Counted after the fact (these send messages, they change no row of their own).
+        with session_scope() as session:
+            for action in ("woken", "resent"):
+                if counts[action]:
+                    metrics.increment(
+                        session, metrics.RECONCILER_ACTIONS, counts[action], action=action, kind=""
+                    )
     return counts
 
 

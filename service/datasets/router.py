@@ -11,6 +11,7 @@ from service.datasets.builtin import BUILTIN_DATASETS
 from service.datasets.schemas import DatasetList, DatasetRead
 from service.deps import PrincipalDep, SessionDep, SettingsDep
 from service.pagination import Cursor, Limit, next_cursor
+from service.problems import problem_responses
 from service.settings import UPLOAD_FIELD_BYTES, UPLOAD_MAX_FIELDS
 from service.storage import get_store
 
@@ -22,6 +23,7 @@ router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 @router.post(
     "",
     status_code=201,
+    responses=problem_responses(400),
     form_limits={
         "max_files": 1,
         "max_fields": UPLOAD_MAX_FIELDS,
@@ -67,8 +69,8 @@ def get_dataset(principal: PrincipalDep, session: SessionDep, dataset_id: str) -
     return service.get_dataset(session, principal, dataset_id)
 
 
-@router.delete("/{dataset_id}", status_code=204)
+@router.delete("/{dataset_id}", status_code=204, responses=problem_responses(409))
 def delete_dataset(principal: PrincipalDep, session: SessionDep, dataset_id: str) -> Response:
     """Delete an uploaded dataset; jobs that used it keep their results."""
-    service.delete_dataset(session, principal, dataset_id)
+    service.delete_dataset(session, principal, dataset_id, store=get_store())
     return Response(status_code=204)

@@ -11,6 +11,7 @@ from typing import BinaryIO
 
 from sqlalchemy.orm import Session
 
+from service.blobs.service import release_after_commit
 from service.database import utcnow
 from service.datasets import repository
 from service.datasets.builtin import BUILTIN_DATASETS, BUILTIN_PREFIX
@@ -119,11 +120,15 @@ def get_dataset(session: Session, principal: Principal, dataset_id: str) -> Data
     return DatasetRead.from_row(row)
 
 
-def delete_dataset(session: Session, principal: Principal, dataset_id: str) -> None:
-    """Hide an uploaded dataset; jobs that used it keep their results."""
+def delete_dataset(
+    session: Session, principal: Principal, dataset_id: str, *, store: ArtifactStore
+) -> None:
+    """Hide an uploaded dataset (jobs that used it keep their results) and, once that
+    commits, delete its file unless another row holds the same bytes."""
     if dataset_id.startswith(BUILTIN_PREFIX):
         raise ProblemError(409, "builtin_dataset", "built-in datasets cannot be deleted")
     row = repository.get(session, principal.tenant_id, dataset_id)
     if row is None:
         raise not_found("dataset", dataset_id)
     row.deleted_at = utcnow()
+    release_after_commit(session, store, row.file_sha256)

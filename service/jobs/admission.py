@@ -17,6 +17,7 @@ from service.datasets.schemas import DatasetRead
 from service.datasets.service import get_dataset
 from service.jobs.specs import AuditSpec
 from service.jobs.train_specs import TrainSpec
+from service.jobs.transfer_specs import TransferSpec
 from service.models import repository as models
 from service.problems import ProblemError, invalid, not_found
 from service.settings import Settings
@@ -51,8 +52,11 @@ class Admission:
 def admit_audit(
     session: Session, principal: Principal, spec: AuditSpec, settings: Settings
 ) -> Admission:
-    """An audit needs a ready model of the tenant and data that fits it."""
+    """An audit needs a ready model of the tenant and data that fits it; a black-box model
+    is audited with score-based attacks only (:meth:`AuditSpec.for_black_box`)."""
     model = ready_model(session, principal, spec.model_id)
+    if model.black_box:
+        spec = spec.for_black_box()
     dataset = get_dataset(session, principal, spec.dataset_id)
     check_audit_fits(spec, model, dataset, settings)
     examples = min(spec.limit or dataset.splits[spec.split], dataset.splits[spec.split])
@@ -246,3 +250,113 @@ def admit_train(
     return Admission(
         model_id=spec.fine_tune.model_id if spec.fine_tune else None, dataset_id=spec.dataset_id
     )
+
+
+def admit_transfer(
+    session: Session, principal: Principal, spec: TransferSpec, settings: Settings
+) -> Admission:
+    """A transfer needs ready models of the tenant that agree on their inputs and classes
+    (sources differentiable: no black box), data that fits them, and a budget one job may
+    take. Its parts are made by the job itself once it has looked for crafted sets to reuse
+    (the keys need the examples, which only a worker loads)."""
+    rows: list[tuple[str, Model]] = []
+    for where, model_id in spec.named_models():
+        model = models.get(session, principal.tenant_id, model_id)
+        if model is None:
+            raise invalid(where, f"no model {model_id!r} (missing or not yours)", code="not_found")
+        if model.status == ModelStatus.VALIDATING:
+            raise ProblemError(
+                409,
+                "model_not_ready",
+                f"{where}: model {model_id!r} is still being validated; retry when its "
+                "status is 'ready'",
+                headers={"Retry-After": "2"},
+            )
+        if model.status != ModelStatus.READY:
+            reason = (model.error or {}).get("message", "validation failed")
+            raise invalid(where, f"model {model_id!r} is invalid: {reason}", code="model_invalid")
+        if where.startswith("sources") and model.black_box:
+            raise invalid(
+                where,
+                f"model {model_id!r} is a black box (no input gradient): adversarial examples "
+                "are crafted with white-box attacks; use it as a target instead",
+                code="black_box_source",
+            )
+        rows.append((where, model))
+    first_field, first = rows[0]
+    for where, model in rows[1:]:
+        if list(model.input_shape) != list(first.input_shape):
+            raise invalid(
+                where,
+                f"model {model.id!r} takes inputs {model.input_shape}, {first_field} "
+                f"({first.id!r}) takes {first.input_shape}: every source and target must take "
+                "the same inputs",
+            )
+        if model.num_classes != first.num_classes:
+            raise invalid(
+                where,
+                f"model {model.id!r} has {model.num_classes} classes, {first_field} "
+                f"({first.id!r}) has {first.num_classes}: every source and target must have "
+                "the same classes",
+            )
+        if list(model.input_range) != list(first.input_range):
+            raise invalid(
+                where,
+                f"model {model.id!r} has input_range {model.input_range}, {first_field} has "
+                f"{first.input_range}: eps would not mean the same thing for both",
+            )
+    dataset = get_dataset(session, principal, spec.dataset_id)
+    if spec.split not in dataset.splits:
+        raise invalid("split", f"dataset {dataset.id!r} has splits {sorted(dataset.splits)}")
+    if list(dataset.example_shape) != list(first.input_shape):
+        raise invalid(
+            "dataset_id",
+            f"examples have shape {dataset.example_shape} but the models take {first.input_shape}",
+        )
+    if dataset.num_classes > first.num_classes:
+        raise invalid(
+            "dataset_id",
+            f"labels go up to {dataset.num_classes - 1} but the models have "
+            f"{first.num_classes} classes",
+        )
+    lower, upper = first.input_range
+    tolerance = 1e-6 * (upper - lower)
+    if dataset.value_range[0] < lower - tolerance or dataset.value_range[1] > upper + tolerance:
+        raise invalid(
+            "dataset_id",
+            f"values span {dataset.value_range} but the models' input_range is [{lower}, {upper}]",
+        )
+    examples = min(spec.limit or dataset.splits[spec.split], dataset.splits[spec.split])
+    if examples > settings.max_examples_per_job:
+        raise invalid(
+            "limit",
+            f"this transfer would craft on {examples} examples; at most "
+            f"{settings.max_examples_per_job} per job (set 'limit')",
+        )
+    span = upper - lower
+    largest = span if spec.attack.norm == "linf" else span * math.sqrt(math.prod(first.input_shape))
+    for eps in spec.attack.radii():
+        if eps > largest:
+            raise invalid(
+                "attack.eps",
+                f"eps {eps:g} is beyond the input range [{lower}, {upper}] ({spec.attack.norm} "
+                f"eps can be at most {largest:g})",
+            )
+    gradients = spec.gradient_evaluations(examples)
+    if gradients > settings.max_gradients_per_job:
+        raise invalid(
+            "attack",
+            f"this transfer plans {gradients:,} gradient evaluations (examples x source models "
+            f"x eps x steps); the limit is {settings.max_gradients_per_job:,} per job: fewer "
+            "examples ('limit'), sources, eps or steps",
+            code="budget_exceeded",
+        )
+    cells = spec.result_cells()
+    if cells > settings.max_result_cells:
+        raise invalid(
+            "targets",
+            f"the matrix would hold {cells:,} cells (sources x targets x eps); the limit is "
+            f"{settings.max_result_cells:,}",
+            code="budget_exceeded",
+        )
+    return Admission(model_id=first.id, dataset_id=spec.dataset_id)

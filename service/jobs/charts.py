@@ -162,3 +162,74 @@ def bar_chart(
     parts += _legend(legend)
     parts.append("</svg>")
     return "".join(parts)
+
+
+HEAT_CELL_WIDTH, HEAT_CELL_HEIGHT = 92, 46
+HEAT_LEFT, HEAT_TOP = 170, 110
+
+
+def heat_colour(value: float | None) -> str:
+    """White (0) to deep red (1); grey where there is no value."""
+    if value is None:
+        return "#d9d9d9"
+    value = min(max(value, 0.0), 1.0)
+    # From white to #b2182b.
+    red = round(255 + (0xB2 - 255) * value)
+    green = round(255 + (0x18 - 255) * value)
+    blue = round(255 + (0x2B - 255) * value)
+    return f"#{red:02x}{green:02x}{blue:02x}"
+
+
+def heat_map(
+    title: str,
+    rows: Sequence[str],
+    columns: Sequence[str],
+    values: Sequence[Sequence[float | None]],
+    captions: Sequence[Sequence[Sequence[str]]],
+    *,
+    row_label: str,
+    column_label: str,
+) -> str:
+    """A grid of cells coloured by ``values[r][c]`` (0..1), each with caption lines; row
+    names on the left, column names on top."""
+    width = HEAT_LEFT + HEAT_CELL_WIDTH * len(columns) + 16
+    height = HEAT_TOP + HEAT_CELL_HEIGHT * len(rows) + 16
+    parts = [
+        f"<svg class='chart heat-map' xmlns='http://www.w3.org/2000/svg' width='{width}' "
+        f"height='{height}' viewBox='0 0 {width} {height}' role='img' "
+        f"aria-label='{escape(title)}'>",
+        f"<rect x='0' y='0' width='{width}' height='{height}' fill='white'/>",
+        f"<text x='{HEAT_LEFT}' y='14' font-size='12' font-weight='bold'>"
+        f"{escape(column_label)}</text>",
+        f"<text x='8' y='{HEAT_TOP - 8}' font-size='12' font-weight='bold'>"
+        f"{escape(row_label)}</text>",
+    ]
+    for index, name in enumerate(columns):
+        x = HEAT_LEFT + HEAT_CELL_WIDTH * (index + 0.5)
+        parts.append(
+            f"<text class='column' x='{x:.1f}' y='{HEAT_TOP - 8}' font-size='11' "
+            f"transform='rotate(-30 {x:.1f} {HEAT_TOP - 8})'>{escape(name[:24])}</text>"
+        )
+    for r, name in enumerate(rows):
+        y = HEAT_TOP + HEAT_CELL_HEIGHT * r
+        parts.append(
+            f"<text class='row' x='{HEAT_LEFT - 8}' y='{y + HEAT_CELL_HEIGHT / 2 + 4:.1f}' "
+            f"font-size='11' text-anchor='end'>{escape(name[:28])}</text>"
+        )
+        for c in range(len(columns)):
+            x = HEAT_LEFT + HEAT_CELL_WIDTH * c
+            value = values[r][c]
+            parts.append(
+                f"<rect class='cell' x='{x}' y='{y}' width='{HEAT_CELL_WIDTH}' "
+                f"height='{HEAT_CELL_HEIGHT}' fill='{heat_colour(value)}' stroke='white'/>"
+            )
+            ink = "white" if value is not None and value > 0.55 else "black"
+            for line, text in enumerate(captions[r][c]):
+                size = 13 if line == 0 else 10
+                parts.append(
+                    f"<text x='{x + HEAT_CELL_WIDTH / 2:.1f}' y='{y + 17 + 13 * line}' "
+                    f"font-size='{size}' text-anchor='middle' fill='{ink}'>"
+                    f"{escape(text)}</text>"
+                )
+    parts.append("</svg>")
+    return "".join(parts)

@@ -14,17 +14,26 @@ from typing import Annotated, Any
 from pydantic import BaseModel, Field
 from sqlalchemy.orm import Session
 
-from service.jobs.admission import Admission, admit_audit, admit_train
-from service.jobs.results import AuditResult, AuditShardResult, TrainResult, ValidationResult
+from service.jobs.admission import Admission, admit_audit, admit_train, admit_transfer
+from service.jobs.results import (
+    AuditResult,
+    AuditShardResult,
+    TrainResult,
+    TransferCraftResult,
+    TransferResult,
+    TransferScoreResult,
+    ValidationResult,
+)
 from service.jobs.specs import AuditShardSpec, AuditSpec, ValidateModelSpec
 from service.jobs.train_specs import TrainSpec
+from service.jobs.transfer_specs import TransferCraftSpec, TransferScoreSpec, TransferSpec
 from service.settings import Settings
 from service.tenants.service import Principal
 
 Admit = Callable[[Session, Principal, Any, Settings], Admission]
 
 # What POST /v1/jobs accepts: one spec per kind tenants submit, told apart by ``kind``.
-JobSpec = Annotated[AuditSpec | TrainSpec, Field(discriminator="kind")]
+JobSpec = Annotated[AuditSpec | TrainSpec | TransferSpec, Field(discriminator="kind")]
 
 
 @dataclass(frozen=True)
@@ -45,6 +54,9 @@ KINDS: dict[str, JobKind] = {
         JobKind("train", TrainSpec, TrainResult, admit_train),
         JobKind("validate_model", ValidateModelSpec, ValidationResult, None),
         JobKind("audit_shard", AuditShardSpec, AuditShardResult, None),
+        JobKind("transfer", TransferSpec, TransferResult, admit_transfer),
+        JobKind("transfer_craft", TransferCraftSpec, TransferCraftResult, None),
+        JobKind("transfer_score", TransferScoreSpec, TransferScoreResult, None),
     )
 }
 

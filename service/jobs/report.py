@@ -11,8 +11,9 @@ import numpy as np
 
 from service.jobs.charts import Series, bar_chart, line_chart
 from service.jobs.images import perturbation_pixels, png_bytes, to_pixels
-from service.jobs.results import AuditResult, TrainResult
+from service.jobs.results import AuditResult, TrainResult, TransferResult
 from service.jobs.schemas import JobRead
+from service.jobs.transfer_report import transfer_sections
 
 GALLERY_SIZE = 8
 
@@ -434,6 +435,8 @@ def render_report(
         parts.append(_audit_sections(job.result.model_dump(mode="json"), per_sample, input_range))
     elif isinstance(job.result, TrainResult):
         parts.append(_training_sections(job.result.model_dump(mode="json")))
+    elif isinstance(job.result, TransferResult):
+        parts.append(transfer_sections(job.result.model_dump(mode="json")))
     elif job.status in ("queued", "running"):
         parts.append(f"<p>{_pct(job.progress.fraction)} done: {escape(job.progress.message)}</p>")
     return (

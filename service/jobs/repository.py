@@ -158,6 +158,26 @@ def cancel_waiting_parent(session: Session, job_id: str, now: dt.datetime) -> bo
     )
 
 
+def wait_for_parts(
+    session: Session, job_id: str, owner: str, now: dt.datetime, progress: dict[str, Any]
+) -> bool:
+    """A running job that just staged parts lets go of its lease and waits for them
+    (``running`` without a lease, like a parent made with its parts); the run does not count
+    as an attempt. ``False`` when the lease is lost or a client asked to cancel."""
+    return _changed(
+        session,
+        update(Job)
+        .where(*_owned(job_id, owner), Job.cancel_requested.is_(False))
+        .values(
+            attempt=Job.attempt - 1,
+            lease_owner=None,
+            lease_expires_at=None,
+            progress=progress,
+            updated_at=now,
+        ),
+    )
+
+
 def sleeping_parents(session: Session, limit: int = 100) -> Sequence[str]:
     """Waiting parents whose parts have all finished (a wake-up that was lost)."""
     return session.scalars(
@@ -292,12 +312,16 @@ def touch_owned(session: Session, job_id: str, owner: str, now: dt.datetime) -> 
     return _changed(session, update(Job).where(*_owned(job_id, owner)).values(updated_at=now))
 
 
-def replace_artifact(session: Session, artifact: Artifact) -> None:
-    """Stage an artifact row, replacing the job's earlier one of the same name."""
-    session.execute(
-        delete(Artifact).where(Artifact.job_id == artifact.job_id, Artifact.name == artifact.name)
-    )
+def replace_artifact(session: Session, artifact: Artifact) -> list[str]:
+    """Stage an artifact row, replacing the job's earlier one of the same name; returns the
+    blobs of the rows it replaced."""
+    replaced = session.scalars(
+        delete(Artifact)
+        .where(Artifact.job_id == artifact.job_id, Artifact.name == artifact.name)
+        .returning(Artifact.sha256)
+    ).all()
     add_artifact(session, artifact)
+    return list(replaced)
 
 
 def requeue_to_continue(
@@ -384,3 +408,21 @@ def count_by_status(session: Session) -> dict[str, int]:
     """How many jobs are in each status (metrics)."""
     rows = session.execute(select(Job.status, func.count()).group_by(Job.status)).all()
     return dict(rows)
+
+
+def find_crafted(session: Session, tenant_id: str, name: str) -> tuple[Artifact, Job] | None:
+    """A tenant's stored crafted set of this name (its key) and the succeeded crafting job
+    that wrote it, if any (the oldest: reuse points at the first one made)."""
+    row = session.execute(
+        select(Artifact, Job)
+        .join(Job, Job.id == Artifact.job_id)
+        .where(
+            Artifact.tenant_id == tenant_id,
+            Artifact.name == name,
+            Job.kind == "transfer_craft",
+            Job.status == JobStatus.SUCCEEDED,
+        )
+        .order_by(Artifact.created_at, Artifact.id)
+        .limit(1)
+    ).first()
+    return None if row is None else (row[0], row[1])

@@ -151,6 +151,7 @@ class ValidationResult(BaseModel):
     valid: bool
     parameters: int | None = None
     device: str | None = None
+    black_box: bool = Field(False, description="It runs in onnxruntime, never differentiated.")
 
 
 class CorruptionAccuracy(BaseModel):
@@ -338,6 +339,16 @@ def audit_notes(spec: AuditSpec, strength: Strength, gate: GateResult | None) ->
                 "stronger attack (the autoattack preset) can find more.",
             )
         )
+    if spec.black_box:
+        notes.append(
+            Note(
+                code="black_box_model",
+                message="The model is a black box (run in onnxruntime, never differentiated): "
+                "only score-based attacks ran (Square; a preset keeps only those), and the "
+                "gradient checks and the large-eps PGD check were skipped. Robust accuracy "
+                "against gradient attacks on a differentiable copy could be lower.",
+            )
+        )
     if not spec.checks:
         notes.append(
             Note(
@@ -445,3 +456,117 @@ class TrainResult(BaseModel):
     audit_job_id: str | None = Field(None, description="The audit of the trained model.")
     artifacts: list[ArtifactRef] = Field(default_factory=list)
     engine_version: str = ""
+
+
+class TransferAttackInfo(BaseModel):
+    """The attack every source was crafted with."""
+
+    name: str
+    norm: str
+    eps: list[float]
+    steps: int | None = Field(None, description="Iterations (null for fgsm).")
+
+
+class TransferSourceInfo(BaseModel):
+    """A source: one model, or an ensemble whose logits are averaged."""
+
+    name: str = Field(description="The model's name, or 'ensemble(a+b)'; unique in the result.")
+    model_ids: list[str]
+
+
+class TransferTargetInfo(BaseModel):
+    """A target and its accuracy on the clean examples."""
+
+    name: str
+    model_id: str
+    black_box: bool
+    clean_accuracy: float
+
+
+class CraftedInfo(BaseModel):
+    """One crafted set: a source at one eps."""
+
+    source: str
+    eps: float
+    source_clean_accuracy: float
+    source_success_rate: float | None = Field(
+        description="White-box: of the examples the source gets right, the fraction it gets "
+        "wrong on its own adversarial inputs."
+    )
+    reused: bool = Field(description="Taken from an earlier job with the same crafted key.")
+    artifact: str = Field(description="The crafted set's artifact name (an .npz, no pickle).")
+
+
+class TransferCellResult(BaseModel):
+    """How the examples crafted on a source at one eps fare on one target."""
+
+    source: str
+    target: str
+    eps: float
+    examples: int
+    target_clean_correct: int
+    target_adversarial_correct: int
+    fooled: int = Field(description="Correct when clean, wrong on the adversarial input.")
+    agreeing: int = Field(description="Fooled into the class the source predicts.")
+    clean_accuracy: float
+    accuracy: float = Field(description="Accuracy on the adversarial inputs (raw).")
+    error_rate: float | None = Field(
+        description="fooled / target_clean_correct: the transfer rate (null: none correct)."
+    )
+    wrong_class_agreement: float | None = Field(
+        description="agreeing / fooled (null: nothing fooled)."
+    )
+    reused: bool = Field(description="Its crafted set was reused from an earlier job.")
+
+
+class TransferResult(BaseModel):
+    """A transferability matrix: every source x target x eps."""
+
+    kind: Literal["transfer"] = "transfer"
+    engine_version: str
+    examples: int
+    attack: TransferAttackInfo
+    seed: int
+    sources: list[TransferSourceInfo]
+    targets: list[TransferTargetInfo]
+    crafted: list[CraftedInfo]
+    cells: list[TransferCellResult]
+    seconds: float
+
+
+class TransferCraftResult(BaseModel):
+    """Internal: one crafted set, stored as an artifact."""
+
+    source: int
+    eps: float
+    key: str
+    examples: int
+    source_clean_accuracy: float
+    source_success_rate: float | None
+    crafted: ArtifactRef
+    seconds: float
+
+
+class TransferScoreCell(BaseModel):
+    """Internal: one target's numbers against one crafted set."""
+
+    source: int
+    eps: float
+    examples: int
+    target_clean_correct: int
+    target_adversarial_correct: int
+    fooled: int
+    agreeing: int
+    clean_accuracy: float
+    accuracy: float
+    error_rate: float | None
+    wrong_class_agreement: float | None
+
+
+class TransferScoreResult(BaseModel):
+    """Internal: one target scored against every crafted set."""
+
+    target: int
+    clean_accuracy: float
+    cells: list[TransferScoreCell]
+    seconds: float

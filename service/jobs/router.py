@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, Query, Request, Response
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, StreamingResponse
 
 from service.deps import OptionalPrincipalDep, PrincipalDep, SessionDep, SettingsDep
 from service.jobs import repository, service
@@ -14,10 +14,16 @@ from service.jobs.report import render_report
 from service.jobs.schemas import ArtifactRead, JobList, JobRead, ReportLink
 from service.pages import html_page
 from service.pagination import Cursor, Limit, next_cursor
-from service.problems import Problem, ProblemError, not_found
+from service.problems import ProblemError, not_found, problem_responses
 from service.storage import get_store
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+# What workers store artifacts as: per-sample exports and parts (npz), training checkpoints.
+ARTIFACT_MEDIA_TYPES = (
+    "application/octet-stream",
+    "application/vnd.gauntlet.checkpoint+safetensors",
+)
 
 IdempotencyKey = Annotated[
     str | None,
@@ -30,7 +36,14 @@ IdempotencyKey = Annotated[
 ]
 
 
-@router.post("", status_code=202)
+@router.post(
+    "",
+    status_code=202,
+    responses={
+        200: {"model": JobRead, "description": "The job this Idempotency-Key created before."},
+        **problem_responses(409, 429),
+    },
+)
 def create_job(
     principal: PrincipalDep,
     session: SessionDep,
@@ -84,20 +97,17 @@ def get_job(principal: PrincipalDep, session: SessionDep, job_id: str) -> JobRea
     return JobRead.from_row(service.get_job(session, principal, job_id))
 
 
-@router.post("/{job_id}/cancel", status_code=202)
+@router.post("/{job_id}/cancel", status_code=202, responses=problem_responses(409))
 def cancel_job(principal: PrincipalDep, session: SessionDep, job_id: str) -> JobRead:
     """Cancel a job: a queued one at once, a running one at its worker's next heartbeat."""
-    return JobRead.from_row(service.cancel(session, principal, job_id))
-
-
-PROBLEM = {"model": Problem, "content": {"application/problem+json": {}}}
+    return JobRead.from_row(service.cancel(session, principal, job_id, store=get_store()))
 
 
 @router.get(
     "/{job_id}/report",
     response_class=HTMLResponse,
     name="job_report",
-    responses={410: {**PROBLEM, "description": "The signed link has expired."}},
+    responses=problem_responses(410),
 )
 def job_report(
     principal: OptionalPrincipalDep,
@@ -146,15 +156,31 @@ def list_artifacts(principal: PrincipalDep, session: SessionDep, job_id: str) ->
     return [ArtifactRead.from_row(a) for a in repository.list_artifacts(session, job.id)]
 
 
-@router.get("/{job_id}/artifacts/{name}")
+@router.get(
+    "/{job_id}/artifacts/{name}",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "The file, as the job stored it.",
+            "content": {
+                media_type: {"schema": {"type": "string", "format": "binary"}}
+                for media_type in ARTIFACT_MEDIA_TYPES
+            },
+        }
+    },
+)
 def get_artifact(principal: PrincipalDep, session: SessionDep, job_id: str, name: str) -> Response:
     """Download one file a job produced."""
     job = service.get_job(session, principal, job_id)
     artifact = repository.get_artifact(session, job.id, name)
     if artifact is None:
         raise not_found("artifact", name)
-    return Response(
-        get_store().read_bytes(artifact.sha256),
+    # Streamed from the store: a checkpoint or an exported model can be large.
+    return StreamingResponse(
+        get_store().iter_chunks(artifact.sha256),
         media_type=artifact.content_type,
-        headers={"Content-Disposition": f'attachment; filename="{artifact.name}"'},
+        headers={
+            "Content-Disposition": f'attachment; filename="{artifact.name}"',
+            "Content-Length": str(artifact.size),
+        },
     )

@@ -8,11 +8,29 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from service.jobs.kinds import typed_result
-from service.jobs.results import AuditResult, TrainResult, ValidationResult
+from service.jobs.results import (
+    AuditResult,
+    AuditShardResult,
+    TrainResult,
+    TransferCraftResult,
+    TransferResult,
+    TransferScoreResult,
+    ValidationResult,
+)
 from service.tables import Artifact, Job
 
 # A result as its kind's model; documents of kinds this server does not know stay untyped.
-JobResult = AuditResult | TrainResult | ValidationResult | dict[str, Any]
+# Parts (shards, crafting, scoring) are jobs too: a client may read them.
+JobResult = (
+    AuditResult
+    | TrainResult
+    | TransferResult
+    | ValidationResult
+    | AuditShardResult
+    | TransferCraftResult
+    | TransferScoreResult
+    | dict[str, Any]
+)
 
 
 class Progress(BaseModel):

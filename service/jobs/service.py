@@ -11,6 +11,7 @@ import numpy as np
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from service.blobs.service import release_inputs_after_commit
 from service.database import after_commit, session_scope, utcnow
 from service.engine import engine_version
 from service.jobs import repository
@@ -275,9 +276,10 @@ def get_job(session: Session, principal: Principal, job_id: str) -> Job:
     return job
 
 
-def cancel(session: Session, principal: Principal, job_id: str) -> Job:
+def cancel(session: Session, principal: Principal, job_id: str, *, store: ArtifactStore) -> Job:
     """Cancel a queued job at once; ask the worker of a running job to stop. Cancelling a
-    job with parts cancels every part."""
+    job with parts cancels every part. A job that ends here releases the bytes of a deleted
+    model or dataset it held."""
     job = get_job(session, principal, job_id)
     if not user_kind(job.kind) and job.parent_id is None:
         # Internal work (a model's validation) ends on its own; cancelling it would strand
@@ -289,6 +291,8 @@ def cancel(session: Session, principal: Principal, job_id: str) -> Job:
     for part in repository.children(session, job.id):
         if not repository.cancel_queued(session, part.id, now):
             repository.request_cancel(session, part.id, now)
+        release_inputs_after_commit(session, store, part.id)
+    release_inputs_after_commit(session, store, job.id)
     if job.status == JobStatus.QUEUED and not repository.cancel_queued(session, job.id, now):
         session.refresh(job)  # a worker claimed it meanwhile
     if job.status == JobStatus.RUNNING and not repository.cancel_waiting_parent(

@@ -12,7 +12,15 @@ import json
 import math
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    TypeAdapter,
+    field_validator,
+    model_validator,
+)
 
 Norm = Literal["linf", "l2"]
 EpsList = Annotated[
@@ -281,6 +289,8 @@ DEFAULT_EPS: dict[str, list[float]] = {"linf": [8 / 255], "l2": [0.5]}
 _WEAK_ATTACKS = frozenset({"fgsm", "rfgsm"})
 _STRONG_ATTACKS = frozenset({"autoattack", "apgd-ce", "apgd-t", "square"})
 _STRONG_PGD_STEPS = 50
+# Attacks that only query the model's scores: the ones a black-box model can be audited with.
+SCORE_BASED_ATTACKS = frozenset({"square"})
 
 
 def preset_attacks(preset: str, norm: str, eps: list[float]) -> list[AttackEntry]:
@@ -459,6 +469,21 @@ class AuditSpec(_Strict):
         "does, alone).",
     )
 
+    _black_box: bool = PrivateAttr(False)
+
+    @property
+    def black_box(self) -> bool:
+        """Whether this audit is of a black-box model (:meth:`for_black_box`)."""
+        return self._black_box
+
+    def for_black_box(self) -> AuditSpec:
+        """This audit for a black-box model (queried, never differentiated): the preset keeps
+        its score-based attacks only (AutoAttack's Square), and :meth:`refusals` refuses
+        every gradient attack the request names."""
+        copy = self.model_copy()
+        copy._black_box = True
+        return copy
+
     def runs_corruptions(self) -> bool:
         """Whether the audit measures corruption accuracy."""
         return self.corruptions or self.preset == "corruptions"
@@ -479,7 +504,15 @@ class AuditSpec(_Strict):
         if self.preset or not self.attacks:
             preset = self.preset or DEFAULT_PRESET
             eps = self.default_eps(self.norm)
-            resolved += [("preset", a) for a in preset_attacks(preset, self.norm, eps)]
+            for attack in preset_attacks(preset, self.norm, eps):
+                if self._black_box and attack.name == "autoattack":
+                    # AutoAttack's score-based component, with its budget.
+                    queries = getattr(attack, "queries", 5000)
+                    attack = _ATTACK_ADAPTER.validate_python(
+                        {"name": "square", "norm": attack.norm, "eps": eps, "queries": queries}
+                    )
+                if not self._black_box or attack.name in SCORE_BASED_ATTACKS:
+                    resolved.append(("preset", attack))
         for index, attack in enumerate(self.attacks or []):
             if attack.eps is None:
                 attack = attack.model_copy(update={"eps": self.default_eps(attack.norm)})
@@ -499,11 +532,48 @@ class AuditSpec(_Strict):
     def refusals(self, num_classes: int | None) -> list[tuple[str, str]]:
         """``(field, reason)`` for every attack the engine would refuse."""
         problems = []
+        if self._black_box:
+            problems += self._black_box_refusals()
         for where, attack in self.sourced_attacks():
             for eps in attack.radii():
                 reason = attack.refusal(eps, num_classes)
                 if reason is not None:
                     problems.append((where, f"{attack.name}: {reason}"))
+        return problems
+
+    def _black_box_refusals(self) -> list[tuple[str, str]]:
+        sourced = self.sourced_attacks()
+        problems = []
+        for where, attack in sourced:
+            if attack.name not in SCORE_BASED_ATTACKS:
+                problems.append(
+                    (
+                        f"{where}.name" if where.startswith("attacks") else where,
+                        f"{attack.name} needs input gradients and the model is a black box "
+                        "(run in onnxruntime, never differentiated); use a score-based attack: "
+                        + ", ".join(sorted(SCORE_BASED_ATTACKS)),
+                    )
+                )
+        runs = {attack.name for _, attack in sourced}
+        for index, check in enumerate(self.gate.min_robust_accuracy if self.gate else []):
+            if check.attack != WORST_CASE and check.attack not in runs:
+                problems.append(
+                    (
+                        f"gate.min_robust_accuracy[{index}].attack",
+                        f"{check.attack} does not run on a black-box model (only score-based "
+                        "attacks do); check 'square' or 'worst_case'",
+                    )
+                )
+        if not sourced and not self.runs_corruptions():
+            preset = self.preset or DEFAULT_PRESET
+            problems.append(
+                (
+                    "preset",
+                    f"the {preset} preset has no score-based attack to run on a black-box model; "
+                    "use the autoattack preset (its Square attack) or attacks: [{'name': "
+                    "'square'}]",
+                )
+            )
         return problems
 
     def gradient_evaluations(self, num_examples: int, num_classes: int) -> int:

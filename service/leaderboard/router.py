@@ -14,13 +14,12 @@ from service.deps import OptionalPrincipalDep, PrincipalDep, SessionDep, Setting
 from service.leaderboard import service
 from service.leaderboard.page import render_leaderboard
 from service.pages import html_page
-from service.problems import Problem, ProblemError
+from service.problems import ProblemError, problem_responses
 from service.security import report_token
 
 router = APIRouter(prefix="/v1", tags=["leaderboard"])
 
 FROM_LINK = "From POST /v1/leaderboard-link."
-PROBLEM = {"model": Problem, "content": {"application/problem+json": {}}}
 
 
 class LeaderboardLink(BaseModel):
@@ -34,10 +33,7 @@ class LeaderboardLink(BaseModel):
     "/leaderboard",
     response_class=HTMLResponse,
     name="leaderboard",
-    responses={
-        403: {**PROBLEM, "description": "The signed link is not valid."},
-        410: {**PROBLEM, "description": "The signed link has expired."},
-    },
+    responses=problem_responses(403, 410),
 )
 def leaderboard(
     principal: OptionalPrincipalDep,

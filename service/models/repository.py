@@ -104,3 +104,10 @@ def set_status(
     session.execute(
         update(Model).where(Model.id == model_id).values(status=status, error=error, updated_at=now)
     )
+
+
+def mark_black_box(session: Session, model_id: str, now: dt.datetime) -> None:
+    """Record that validation found a black box (an ``ai.onnx.ml`` graph)."""
+    session.execute(
+        update(Model).where(Model.id == model_id).values(black_box=True, updated_at=now)
+    )

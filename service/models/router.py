@@ -8,7 +8,6 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Form, Query, Response, UploadFile
 from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
-from starlette.background import BackgroundTask
 
 from service.deps import PrincipalDep, SessionDep, SettingsDep
 from service.models import repository, service
@@ -16,10 +15,10 @@ from service.models.schemas import ModelList, ModelMeta, ModelRead
 from service.pagination import Cursor, Limit, next_cursor
 from service.problems import (
     FieldError,
-    Problem,
     ProblemError,
     field_errors,
     invalid,
+    problem_responses,
     validation_problem,
 )
 from service.settings import UPLOAD_FIELD_BYTES, UPLOAD_MAX_FIELDS, Settings
@@ -59,7 +58,7 @@ def parse_meta(raw: str, settings: Settings) -> ModelMeta:
 @router.post(
     "",
     status_code=202,
-    responses={409: {"model": Problem, "content": {"application/problem+json": {}}}},
+    responses=problem_responses(400, 409),
     form_limits={
         "max_files": 1,
         "max_fields": UPLOAD_MAX_FIELDS,
@@ -134,21 +133,20 @@ def download_model(
 ) -> StreamingResponse:
     """Download a model's file (an upload as it was sent, or a trained model)."""
     model = service.get_model(session, principal, model_id)
-    handle = get_store().open(model.file_sha256)
+    chunks = get_store().iter_chunks(model.file_sha256)
     name = f"{model.id}.{_EXTENSIONS.get(model.format, 'bin')}"
     return StreamingResponse(
-        iter(lambda: handle.read(1 << 20), b""),
+        chunks,
         media_type="application/octet-stream",
         headers={
             "Content-Disposition": f'attachment; filename="{name}"',
             "Content-Length": str(model.file_size),
         },
-        background=BackgroundTask(handle.close),
     )
 
 
 @router.delete("/{model_id}", status_code=204)
 def delete_model(principal: PrincipalDep, session: SessionDep, model_id: str) -> Response:
     """Delete a model; jobs that used it keep their results."""
-    service.delete_model(session, principal, model_id)
+    service.delete_model(session, principal, model_id, store=get_store())
     return Response(status_code=204)

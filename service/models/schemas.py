@@ -82,6 +82,12 @@ class ModelMeta(BaseModel):
     input_range: tuple[float, float] = (0.0, 1.0)
     normalization: Normalization | None = None
     architecture: ArchitectureRef | None = None
+    black_box: bool = Field(
+        False,
+        description="Treat this ONNX model as a black box: run in onnxruntime, queried but "
+        "never differentiated (transfer targets, score-based attacks). Graphs in the "
+        "ai.onnx.ml domain (scikit-learn via skl2onnx) are black boxes whatever this says.",
+    )
 
     @field_validator("input_shape")
     @classmethod
@@ -112,6 +118,8 @@ class ModelMeta(BaseModel):
             raise ValueError(
                 f"a {self.format} state_dict needs 'architecture' (GET /v1/architectures)"
             )
+        if self.black_box and self.format != "onnx":
+            raise ValueError("only an onnx model can be a black box (run in onnxruntime)")
         if self.format in SELF_DESCRIBING_FORMATS and self.architecture is not None:
             raise ValueError(
                 f"a {self.format} file carries its own architecture: omit 'architecture'"
@@ -141,6 +149,10 @@ class ModelRead(BaseModel):
     input_range: list[float]
     normalization: dict[str, Any] | None
     architecture: dict[str, Any] | None
+    black_box: bool = Field(
+        description="Queried but never differentiated (an ONNX graph run in onnxruntime): "
+        "audits run score-based attacks only; a transfer target, never a source."
+    )
     status: str = Field(description="validating | ready | invalid")
     error: ModelError | None
     file_size: int
@@ -168,6 +180,7 @@ class ModelRead(BaseModel):
             input_range=row.input_range,
             normalization=row.normalization,
             architecture=row.architecture,
+            black_box=bool(row.black_box),
             status=row.status,
             error=ModelError(**row.error) if row.error else None,
             file_size=row.file_size,

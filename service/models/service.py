@@ -6,7 +6,9 @@ from typing import BinaryIO
 
 from sqlalchemy.orm import Session
 
+from service.blobs.service import release_after_commit
 from service.database import utcnow
+from service.jobs import repository as jobs_repository
 from service.jobs import service as jobs
 from service.models import repository
 from service.models.schemas import ModelMeta
@@ -45,6 +47,7 @@ def upload_model(
         input_range=list(meta.input_range),
         normalization=meta.normalization.model_dump() if meta.normalization else None,
         architecture=meta.architecture.model_dump() if meta.architecture else None,
+        black_box=meta.black_box,
         file_sha256=sha256,
         file_size=size,
         status=ModelStatus.VALIDATING,
@@ -75,6 +78,16 @@ def get_model(session: Session, principal: Principal, model_id: str) -> Model:
     return model
 
 
-def delete_model(session: Session, principal: Principal, model_id: str) -> None:
-    """Hide a model; jobs that used it keep their results."""
-    get_model(session, principal, model_id).deleted_at = utcnow()
+def delete_model(
+    session: Session, principal: Principal, model_id: str, *, store: ArtifactStore
+) -> None:
+    """Hide a model (jobs that used it keep their results), cancel its validation and, once
+    that commits, delete its file unless another row holds the same bytes."""
+    model = get_model(session, principal, model_id)
+    now = utcnow()
+    model.deleted_at = now
+    if model.validation_job_id is not None:
+        # Its validation is of no use any more (and holds the file while it runs).
+        if not jobs_repository.cancel_queued(session, model.validation_job_id, now):
+            jobs_repository.request_cancel(session, model.validation_job_id, now)
+    release_after_commit(session, store, model.file_sha256)

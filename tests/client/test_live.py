@@ -20,6 +20,9 @@ from tests.client.proxy import DroppingProxy
 from tests.model_files import malicious_pt, meta, onnx_bytes, write_upload_files
 
 pytestmark = pytest.mark.e2e
+# The tests marked 'artifacts' upload models and datasets and read job artifacts: CI runs them
+# again with the S3 store (GAUNTLET_TEST_ARTIFACT_STORE=s3). The gradient-masked one moves the
+# same files as the passing-gate one; its minute is attack time, not storage.
 
 # Small attacks on the 360 test digits: each audit takes a second or two.
 ATTACKS = ("--attack", "fgsm:eps=0.1", "--attack", "pgd:eps=0.1,steps=5", "--progress", "lines")
@@ -47,6 +50,7 @@ def audit_jobs(service: LiveService) -> list[dict]:
         return client.get("/v1/jobs", params={"kind": "audit"}).json()["items"]
 
 
+@pytest.mark.artifacts
 def test_passing_gate_exits_0_and_writes_junit_json_markdown(
     live_service: LiveService, tmp_path: Path
 ) -> None:
@@ -109,6 +113,7 @@ def test_passing_gate_exits_0_and_writes_junit_json_markdown(
     assert "job_finished" in cancel.stderr
 
 
+@pytest.mark.artifacts
 def test_failing_gate_exits_1_and_a_rerun_reuses_model_data_and_job(
     live_service: LiveService, tmp_path: Path
 ) -> None:
@@ -142,6 +147,7 @@ def test_failing_gate_exits_1_and_a_rerun_reuses_model_data_and_job(
         assert len(uploads) == 1
 
 
+@pytest.mark.artifacts
 def test_invalid_models_exit_2_with_the_servers_error_code(
     live_service: LiveService, tmp_path: Path
 ) -> None:
@@ -191,6 +197,7 @@ def test_unreachable_server_exits_2_quickly_with_a_clear_message(tmp_path: Path)
     assert junit_cases(tmp_path / "g.xml")["audit job"].find("error") is not None
 
 
+@pytest.mark.artifacts
 def test_a_submission_retried_after_a_dropped_response_makes_one_job(
     live_service: LiveService, tmp_path: Path
 ) -> None:
@@ -210,6 +217,7 @@ def test_a_submission_retried_after_a_dropped_response_makes_one_job(
     assert job["status"] == "succeeded"
 
 
+@pytest.mark.artifacts
 def test_baseline_comparison_bounds_the_drop(live_service: LiveService, tmp_path: Path) -> None:
     files = write_upload_files(tmp_path)
     baseline = gauntlet(
@@ -298,6 +306,7 @@ def test_a_gradient_masked_model_never_passes_its_gate(
     assert "validity checks: 10 of 10 held" in passed.stdout
 
 
+@pytest.mark.artifacts
 def test_wait_exits_2_on_what_has_no_verdict(live_service: LiveService, tmp_path: Path) -> None:
     files = write_upload_files(tmp_path)
     audited = gauntlet(

@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from service import processes
 from service.settings import Settings
 from tests.conftest import Backend, Tenant, service_environment
 
@@ -28,6 +29,16 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def api_command(host: str, port: str) -> list[str]:
+    """The API as users start it (service.processes), on this host and port."""
+    return [sys.executable, "-m", *processes.API, "--host", host, "--port", port]
+
+
+def worker_command(queue: str, hostname: str) -> list[str]:
+    """A worker as users start it (service.processes), on this queue with this name."""
+    return [sys.executable, "-m", *processes.WORKER, "--queues", queue, "--hostname", hostname]
 
 
 @dataclass
@@ -55,10 +66,7 @@ class LiveService:
 
     def start_api(self) -> None:
         host, port = self.url.removeprefix("http://").split(":")
-        self.api = self._spawn(
-            "api",
-            [sys.executable, "-m", "uvicorn", "service.main:app", "--host", host, "--port", port],
-        )
+        self.api = self._spawn("api", api_command(host, port))
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             assert self.api.poll() is None, self.log_text()
@@ -73,25 +81,7 @@ class LiveService:
         index = len(self.workers)
         worker = self._spawn(
             f"worker{index}",
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "worker.celery_app",
-                "worker",
-                "--queues",
-                self.environment["GAUNTLET_WORKER_QUEUE"],
-                "--concurrency",
-                "1",
-                "--loglevel",
-                "INFO",
-                "--hostname",
-                f"e2e{index}@%h",
-                "--without-heartbeat",
-                "--without-gossip",
-                "--without-mingle",
-            ],
+            worker_command(self.environment["GAUNTLET_WORKER_QUEUE"], f"e2e{index}@%h"),
         )
         self.workers.append(worker)
         return worker

@@ -18,7 +18,8 @@ from tests.e2e.conftest import LiveService
 from tests.e2e.test_service import FINAL, upload_model
 from tests.model_files import digits_onnx, meta
 
-pytestmark = pytest.mark.e2e
+# artifacts: CI runs these again with the S3 store (GAUNTLET_TEST_ARTIFACT_STORE=s3).
+pytestmark = [pytest.mark.e2e, pytest.mark.artifacts]
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"

@@ -24,7 +24,8 @@ from service.settings import Settings
 from tests.conftest import Backend, service_environment
 from tests.e2e.conftest import LiveService, free_port
 
-pytestmark = pytest.mark.e2e
+# artifacts: CI runs these again with the S3 store (GAUNTLET_TEST_ARTIFACT_STORE=s3).
+pytestmark = [pytest.mark.e2e, pytest.mark.artifacts]
 
 BODY_BYTES = 256 * 2**20  # below the old 513 MiB cap, so an unguarded server would read it all
 # What the sockets may hold before the server's answer is seen: the client's send buffer and

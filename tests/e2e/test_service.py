@@ -17,7 +17,8 @@ from tests.e2e.conftest import LiveService
 from tests.factories import npz_bytes
 from tests.model_files import digits_onnx, malicious_pt, meta
 
-pytestmark = pytest.mark.e2e
+# artifacts: CI runs these again with the S3 store (GAUNTLET_TEST_ARTIFACT_STORE=s3).
+pytestmark = [pytest.mark.e2e, pytest.mark.artifacts]
 
 FINAL = ("succeeded", "failed", "cancelled")
 

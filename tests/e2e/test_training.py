@@ -7,7 +7,8 @@ import pytest
 
 from tests.e2e.conftest import LiveService
 
-pytestmark = pytest.mark.e2e
+# artifacts: CI runs these again with the S3 store (GAUNTLET_TEST_ARTIFACT_STORE=s3).
+pytestmark = [pytest.mark.e2e, pytest.mark.artifacts]
 
 FINAL = ("succeeded", "failed", "cancelled")
 TIMING = {"seconds", "validation_seconds"}

@@ -10,6 +10,10 @@ from fastapi.testclient import TestClient
 
 from tests.factories import deflate_bomb, npz_bytes
 
+# Each stores files (models, datasets, job artifacts): CI runs them again with the S3 store
+# (GAUNTLET_TEST_ARTIFACT_STORE=s3).
+pytestmark = pytest.mark.artifacts
+
 RNG = np.random.default_rng(0)
 GOOD_X = RNG.random((20, 1, 8, 8)).astype(np.float32)
 GOOD_Y = RNG.integers(0, 10, 20)

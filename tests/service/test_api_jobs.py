@@ -9,6 +9,10 @@ from service.jobs.specs import AuditSpec
 from service.tables import ModelStatus
 from tests.factories import audit_spec, dataset_row, model_row
 
+# Each stores files (models, datasets, job artifacts): CI runs them again with the S3 store
+# (GAUNTLET_TEST_ARTIFACT_STORE=s3).
+pytestmark = pytest.mark.artifacts
+
 
 @pytest.fixture
 def tenant(make_tenant):

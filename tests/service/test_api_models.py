@@ -9,6 +9,10 @@ from fastapi.testclient import TestClient
 
 from tests.factories import model_row
 
+# Each stores files (models, datasets, job artifacts): CI runs them again with the S3 store
+# (GAUNTLET_TEST_ARTIFACT_STORE=s3).
+pytestmark = pytest.mark.artifacts
+
 ONNX_META = {"name": "cnn", "format": "onnx", "input_shape": [1, 8, 8], "num_classes": 10}
 
 

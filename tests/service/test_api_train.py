@@ -7,6 +7,10 @@ from fastapi.testclient import TestClient
 
 from tests.factories import dataset_row, model_row
 
+# Each stores files (models, datasets, job artifacts): CI runs them again with the S3 store
+# (GAUNTLET_TEST_ARTIFACT_STORE=s3).
+pytestmark = pytest.mark.artifacts
+
 
 @pytest.fixture
 def tenant(make_tenant):

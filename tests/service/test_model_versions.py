@@ -120,7 +120,7 @@ def test_migration_numbers_existing_models_by_creation_order(tmp_path: Path) -> 
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     config.set_main_option("sqlalchemy.url", url)
-    command.upgrade(config, "0002")
+    command.upgrade(config, "0004")
     engine = create_engine(url)
     rows = [
         ("m_3", "t_a", "cnn", "2026-01-03 00:00:00"),
@@ -145,9 +145,9 @@ def test_migration_numbers_existing_models_by_creation_order(tmp_path: Path) -> 
                 ),
                 {"id": model_id, "tenant": tenant, "name": name, "at": created},
             )
-    command.upgrade(config, "0003")
+    command.upgrade(config, "0005")
     with engine.connect() as connection:
         versions = dict(connection.execute(text("SELECT id, version FROM models")).all())
     assert versions == {"m_1": 1, "m_2": 2, "m_3": 3, "m_4": 1, "m_5": 1}
-    command.downgrade(config, "0002")
+    command.downgrade(config, "0004")
     engine.dispose()

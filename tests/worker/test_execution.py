@@ -32,6 +32,10 @@ from worker.execution import execute_job
 from worker.lease import Lease
 from worker.runners import RUNNERS
 
+# Each stores files (models, datasets, job artifacts): CI runs them again with the S3 store
+# (GAUNTLET_TEST_ARTIFACT_STORE=s3).
+pytestmark = pytest.mark.artifacts
+
 
 def model_status(model_id: str):
     with session_scope() as session:

@@ -16,7 +16,8 @@ import os
 import secrets
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
@@ -65,6 +66,21 @@ def namespaces(settings: Settings) -> Mode:
             pytest.fail(message)
         pytest.skip(message)
     return "namespaces"
+
+
+@pytest.fixture
+def stored_blob(settings: Settings) -> Iterator[Callable[[bytes], str]]:
+    """A factory: ``stored_blob(data)`` stores ``data`` and returns the path of its file on
+    this machine for the test (the blob itself in a local store, the copy a worker downloads
+    for a job from S3): another job's file, which a jail must not see."""
+    with ExitStack() as stack:
+
+        def _store(data: bytes) -> str:
+            store = get_store()
+            sha256, _ = store.put_bytes(data)
+            return str(stack.enter_context(store.local_file(sha256)))
+
+        yield _store
 
 
 @pytest.fixture
@@ -140,13 +156,16 @@ def resident_bytes() -> int:
 # --- what the jail sees ------------------------------------------------------------------
 
 
+@pytest.mark.artifacts
 def test_a_namespace_jail_sees_no_credentials_data_or_network(
-    settings: Settings, namespaces: Mode, listener: socket.socket, tmp_path: Path
+    settings: Settings,
+    namespaces: Mode,
+    listener: socket.socket,
+    tmp_path: Path,
+    stored_blob: Callable[[bytes], str],
 ) -> None:
     assert os.environ["GAUNTLET_DATABASE_URL"] == settings.database_url
-    store = get_store()
-    sha256, _ = store.put_bytes(b"another tenant's model")
-    blob = str(store.local_path(sha256))  # type: ignore[attr-defined]
+    blob = stored_blob(b"another tenant's model")
     # The checkout's files (the virtualenv inside it is bound read-only, so its folder may
     # exist as the mount's parent, holding nothing else).
     secret_places = [
@@ -256,13 +275,16 @@ def test_torchscript_writes_stay_inside_the_jail_and_its_numbers_are_right(
     canary.unlink()
 
 
+@pytest.mark.artifacts
 def test_torchscript_cannot_read_another_jobs_artifact(
-    settings: Settings, namespaces: Mode, tmp_path: Path
+    settings: Settings,
+    namespaces: Mode,
+    tmp_path: Path,
+    stored_blob: Callable[[bytes], str],
 ) -> None:
-    store = get_store()
-    sha256, size = store.put_bytes(b"another tenant's weights " * 10)
-    artifact = str(store.local_path(sha256))  # type: ignore[attr-defined]
-    model = write_model(tmp_path, torchscript_reading(artifact, size))
+    weights = b"another tenant's weights " * 10
+    artifact = stored_blob(weights)
+    model = write_model(tmp_path, torchscript_reading(artifact, len(weights)))
 
     with pytest.raises(JailError) as caught:
         jailed(
@@ -282,18 +304,18 @@ def test_torchscript_cannot_read_another_jobs_artifact(
 # --- a .pt2 whose pickle runs code at load -----------------------------------------------
 
 
+@pytest.mark.artifacts
 def test_pt2_code_run_at_load_gets_nothing_and_its_numbers_are_right(
     settings: Settings,
     namespaces: Mode,
     listener: socket.socket,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
+    stored_blob: Callable[[bytes], str],
 ) -> None:
     secret = secrets.token_hex(8)
     monkeypatch.setenv("GAUNTLET_DATABASE_URL", f"postgresql://gauntlet:{secret}@db/gauntlet")
-    store = get_store()
-    sha256, _ = store.put_bytes(b"another job's per-sample arrays")
-    artifact = str(store.local_path(sha256))  # type: ignore[attr-defined]
+    artifact = stored_blob(b"another job's per-sample arrays")
     canary = tmp_path / "canary"
     model = write_model(
         tmp_path, pt2_escaping(str(canary), listener.getsockname()[1], secret, artifact)
@@ -500,6 +522,7 @@ def test_file_size_limit_is_reported_as_a_resource_limit() -> None:
 # --- audits run in the jail ---------------------------------------------------------------
 
 
+@pytest.mark.artifacts
 def test_code_carrying_models_are_audited_in_the_jail_with_the_onnx_exports_numbers(
     settings: Settings,
     namespaces: Mode,
@@ -507,6 +530,7 @@ def test_code_carrying_models_are_audited_in_the_jail_with_the_onnx_exports_numb
     tmp_path: Path,
     make_tenant,  # type: ignore[no-untyped-def]
     monkeypatch: pytest.MonkeyPatch,
+    stored_blob: Callable[[bytes], str],
 ) -> None:
     from tests.factories import audit_spec, job_row, model_row, queued_job
     from tests.model_files import digits_onnx
@@ -514,9 +538,7 @@ def test_code_carrying_models_are_audited_in_the_jail_with_the_onnx_exports_numb
 
     secret = secrets.token_hex(8)
     monkeypatch.setenv("GAUNTLET_DATABASE_URL", f"postgresql://gauntlet:{secret}@db/gauntlet")
-    store = get_store()
-    sha256, _ = store.put_bytes(b"another job's per-sample arrays")
-    artifact = str(store.local_path(sha256))  # type: ignore[attr-defined]
+    artifact = stored_blob(b"another job's per-sample arrays")
     # A folder of the worker's that the jail cannot see (its own /tmp is private).
     canary = tmp_path / "canary"
     tenant = make_tenant()

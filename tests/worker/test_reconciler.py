@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 
+import pytest
+
 from service.database import session_scope, utcnow
 from service.jobs import repository
 from service.jobs.service import create_job
@@ -11,6 +13,10 @@ from service.models import repository as models
 from service.tables import JobStatus, ModelStatus
 from tests.factories import audit_spec, job_row, model_row, queued_job
 from worker.reconciler import reconcile_once
+
+# Each stores files (models, datasets, job artifacts): CI runs them again with the S3 store
+# (GAUNTLET_TEST_ARTIFACT_STORE=s3).
+pytestmark = pytest.mark.artifacts
 
 
 def running_job(

@@ -3,6 +3,7 @@ merges, and gives the numbers of the same audit unsharded."""
 
 from __future__ import annotations
 
+import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
@@ -11,6 +12,10 @@ from service.jobs import repository
 from tests.factories import job_row, model_row
 from tests.model_files import digits_onnx
 from worker.execution import execute_job
+
+# Each stores files (models, datasets, job artifacts): CI runs them again with the S3 store
+# (GAUNTLET_TEST_ARTIFACT_STORE=s3).
+pytestmark = pytest.mark.artifacts
 
 SPEC = {
     "kind": "audit",

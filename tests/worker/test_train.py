@@ -21,6 +21,10 @@ from tests.model_files import digits_onnx
 from worker.execution import execute_job
 from worker.runners.train import CHECKPOINT
 
+# Each stores files (models, datasets, job artifacts): CI runs them again with the S3 store
+# (GAUNTLET_TEST_ARTIFACT_STORE=s3).
+pytestmark = pytest.mark.artifacts
+
 
 def train_spec(**overrides: object) -> dict[str, object]:
     spec: dict[str, object] = {

@@ -75,14 +75,57 @@ def read_input(path: Path, max_bytes: int) -> bytes:
     return path.read_bytes()
 
 
-def load_jailed_model(payload: dict[str, Any], inputs: dict[str, Path]) -> InputSpaceModel:
-    """The payload's model (``spec``, ``max_bytes``) from the ``model`` input, every format
-    allowed: this runs inside the jail."""
+def load_jailed_model(
+    payload: dict[str, Any], inputs: dict[str, Path], name: str = "model"
+) -> InputSpaceModel:
+    """The payload's model (``spec``, ``max_bytes``, ``black_box``) from the input ``name``,
+    every format allowed: this runs inside the jail.
+
+    An ONNX graph in the ``ai.onnx.ml`` domain, or one the payload marks ``black_box``, runs
+    in onnxruntime (:func:`adversarial.models.blackbox.load_black_box`): it is queried, never
+    differentiated.
+    """
     spec = ModelSpec.from_json(payload["spec"])
     max_bytes = int(payload["max_bytes"])
-    return load_model(
-        read_input(inputs["model"], max_bytes), spec, max_bytes=max_bytes, allow_code=True
+    data = read_input(inputs[name], max_bytes)
+    if is_black_box(payload, data):
+        return load_jailed_black_box(data, spec, max_bytes)
+    return load_model(data, spec, max_bytes=max_bytes, allow_code=True)
+
+
+def is_black_box(payload: dict[str, Any], data: bytes) -> bool:
+    """Whether the payload's model is a black box: marked so, or an ``ai.onnx.ml`` graph."""
+    from adversarial.models.blackbox import is_ml_domain_graph
+
+    if payload["spec"].get("format") != "onnx":
+        return False
+    return bool(payload.get("black_box")) or is_ml_domain_graph(data)
+
+
+def load_jailed_black_box(data: bytes, spec: ModelSpec, max_bytes: int) -> InputSpaceModel:
+    """An ONNX black box in its declared input space (inputs as they are: no normalization)."""
+    from adversarial.models.blackbox import load_black_box
+
+    if spec.normalization is not None:
+        raise ModelFormatError(
+            "black_box_normalization",
+            "A black-box model (run in onnxruntime) takes its inputs as they are; put the "
+            "normalization in the graph and leave out 'normalization'.",
+        )
+    network = load_black_box(
+        data,
+        input_shape=spec.input_shape,
+        num_classes=spec.num_classes,
+        input_range=spec.input_range,
+        max_bytes=max_bytes,
     )
+    model = InputSpaceModel(
+        network,
+        input_shape=spec.input_shape,
+        num_classes=spec.num_classes,
+        input_range=spec.input_range,
+    )
+    return model.eval()
 
 
 def validate_model(
@@ -95,18 +138,27 @@ def validate_model(
 ) -> dict[str, Any]:
     """Load the model and run one real forward pass against its declared shapes.
 
-    Payload: ``spec`` (``ModelSpec.to_json``), ``max_bytes``, ``device``. Result:
-    ``{"valid": true, "parameters": int, "device": str}``.
+    Payload: ``spec`` (``ModelSpec.to_json``), ``max_bytes``, ``device``, ``black_box``.
+    Result: ``{"valid": true, "parameters": int, "device": str, "black_box": bool}``
+    (``black_box``: it runs in onnxruntime, an ``ai.onnx.ml`` graph or marked so).
     """
+    from adversarial.models.blackbox import is_differentiable
+
     spec = ModelSpec.from_json(payload["spec"])
     progress(0.1, "loading", f"loading {spec.format} model")
     model = load_jailed_model(payload, inputs)
-    device = select_device(str(payload.get("device", "cpu")))
+    black_box = not is_differentiable(model)
+    device = torch.device("cpu") if black_box else select_device(str(payload.get("device", "cpu")))
     model.to(device)
     progress(0.6, "checking", "running a forward pass")
     check_model(model, spec, device=device)
     parameters = sum(parameter.numel() for parameter in model.parameters())
-    return {"valid": True, "parameters": int(parameters), "device": str(device)}
+    return {
+        "valid": True,
+        "parameters": int(parameters),
+        "device": str(device),
+        "black_box": black_box,
+    }
 
 
 def predict(
@@ -263,6 +315,118 @@ def audit_merge(
     with (output_dir / "per_sample.npz").open("wb") as handle:
         np.savez_compressed(handle, **outcome.per_sample)  # type: ignore[arg-type]
     return {**outcome_document(outcome), "device": str(device)}
+
+
+def transfer_craft(
+    payload: dict[str, Any],
+    inputs: dict[str, Path],
+    *,
+    progress: Progress,
+    output_dir: Path,
+    publish: Publish | None = None,
+) -> dict[str, Any]:
+    """Craft on one transfer source (:func:`adversarial.transfer.craft`) for every example.
+
+    Payload: ``models`` (one ``{spec, max_bytes, black_box}`` per member: several make an
+    ensemble), ``attack`` ``{name, norm, eps, params}``, ``seed``, ``input_range``,
+    ``batch_size``, ``device``. Inputs: ``model0``, ``model1``, ... and ``examples``. Writes
+    ``crafted.npz`` (:func:`adversarial.transfer.crafted_to_bytes`).
+    """
+    from adversarial.evaluation import AttackConfig
+    from adversarial.transfer import craft, crafted_to_bytes
+
+    progress(0.0, "loading", "loading the source and the data")
+    device = select_device(str(payload.get("device", "cpu")))
+    members = [
+        load_jailed_model(member, inputs, f"model{index}").to(device)
+        for index, member in enumerate(payload["models"])
+    ]
+    x, y, ids = read_examples(inputs["examples"])
+    attack = payload["attack"]
+    config = AttackConfig(
+        str(attack["name"]), str(attack["norm"]), float(attack["eps"]), dict(attack["params"])
+    )
+    low, high = payload["input_range"]
+    batch_size = payload.get("batch_size")
+    crafted = craft(
+        members[0] if len(members) == 1 else members,
+        x,
+        y,
+        config,
+        seed=int(payload["seed"]),
+        example_ids=ids,
+        input_range=(float(low), float(high)),
+        batch_size=None if batch_size is None else int(batch_size),
+        device=device,
+        progress=progress,
+    )
+    (output_dir / "crafted.npz").write_bytes(crafted_to_bytes(crafted))
+    return {
+        "examples": crafted.num_examples,
+        "source_clean_accuracy": crafted.source_clean_accuracy,
+        "source_success_rate": crafted.source_success_rate,
+        "device": str(device),
+    }
+
+
+def transfer_score(
+    payload: dict[str, Any],
+    inputs: dict[str, Path],
+    *,
+    progress: Progress,
+    output_dir: Path,
+    publish: Publish | None = None,
+) -> dict[str, Any]:
+    """Score one transfer target against crafted sets
+    (:func:`adversarial.transfer.score_crafted`).
+
+    Payload: ``spec``, ``max_bytes``, ``black_box``, ``device``, ``crafted`` (how many sets),
+    ``batch_size``. Inputs: ``model``, ``examples``, ``crafted0``, ``crafted1``, ... Result:
+    the target's ``clean_accuracy`` and one cell (counts and rates) per set, in order.
+    """
+    from adversarial.models.blackbox import is_differentiable
+    from adversarial.transfer import crafted_from_bytes, score_crafted
+
+    progress(0.0, "loading", "loading the target, the data and the crafted sets")
+    target = load_jailed_model(payload, inputs)
+    # A black box runs in onnxruntime on the CPU: moving its inputs to a GPU gains nothing.
+    setting = str(payload.get("device", "cpu")) if is_differentiable(target) else "cpu"
+    device = select_device(setting)
+    target.to(device)
+    x, y, ids = read_examples(inputs["examples"])
+    crafted_sets = [
+        crafted_from_bytes(read_input(inputs[f"crafted{index}"], 2**34))
+        for index in range(int(payload["crafted"]))
+    ]
+    batch_size = payload.get("batch_size")
+    clean_accuracy, cells = score_crafted(
+        target,
+        x,
+        y,
+        crafted_sets,
+        example_ids=ids,
+        batch_size=None if batch_size is None else int(batch_size),
+        device=device,
+        progress=progress,
+    )
+    return {
+        "clean_accuracy": clean_accuracy,
+        "cells": [
+            {
+                "examples": cell.examples,
+                "target_clean_correct": cell.target_clean_correct,
+                "target_adversarial_correct": cell.target_adversarial_correct,
+                "fooled": cell.fooled,
+                "agreeing": cell.agreeing,
+                "clean_accuracy": cell.clean_accuracy,
+                "accuracy": cell.accuracy,
+                "error_rate": cell.error_rate,
+                "wrong_class_agreement": cell.wrong_class_agreement,
+            }
+            for cell in cells
+        ],
+        "device": str(device),
+    }
 
 
 def train(
@@ -476,6 +640,8 @@ TASKS: dict[str, Task] = {
     "audit_part": audit_part,
     "audit_merge": audit_merge,
     "train": train,
+    "transfer_craft": transfer_craft,
+    "transfer_score": transfer_score,
     "predict": predict,
     "inspect": inspect_environment,
 }

@@ -43,7 +43,7 @@ from worker.jail import JailError, run_in_jail
 from worker.jail.config import jail_limits, jail_mode, jail_pool
 from worker.jail.errors import SANDBOX_VIOLATION
 from worker.lease import Lease
-from worker.loading import load_examples, stored_file, subset, write_examples
+from worker.loading import load_examples, subset, write_examples
 from worker.runners.base import jailed_model, lease_stopper, record_artifacts
 
 
@@ -118,6 +118,10 @@ class _Prepared:
         model_row, dataset_row = lease.retry(rows)
         if model_row is None:
             raise LookupError(f"model {spec.model_id} is gone")
+        if model_row.black_box:
+            # Score-based attacks only, as admitted (service.jobs.admission.admit_audit).
+            spec = spec.for_black_box()
+            self.spec = spec
         self.model_row = model_row
         lease.report(0.0, "loading", "loading the data", force=True)
         x, y = load_examples(spec.dataset_id, spec.split, dataset_row, self.store, settings)
@@ -154,7 +158,7 @@ class _Prepared:
             folder / "examples.npz", self.x[examples], self.y[examples], self.ids[examples]
         )
         outputs = folder / "outputs"
-        with stored_file(self.store, self.model_row.file_sha256) as model_path:
+        with self.store.local_file(self.model_row.file_sha256) as model_path:
             result = run_in_jail(
                 task,
                 payload,

@@ -7,14 +7,27 @@ from typing import Any, Protocol
 
 from sqlalchemy.orm import Session
 
+from service.blobs.service import release_after_commit
 from service.jobs import repository as jobs
 from service.settings import Settings
+from service.storage import get_store
 from service.tables import Artifact, Job, Model, new_id
 from worker.jail import JailError
 from worker.jail.config import jail_mode, refuses_format
 from worker.jail.errors import SANDBOX_UNAVAILABLE
 from worker.lease import Lease
 from worker.loading import model_spec
+
+
+class WaitForParts(Exception):  # noqa: N818 (a signal to the executor, not an error)
+    """Raised by a runner that needs parts before it can go on: ``stage(session)`` adds
+    their jobs (``parent_id`` = this job); the job lets go of its lease and waits, and runs
+    again (a new run, not a new attempt) when the last part has finished."""
+
+    def __init__(self, stage: Callable[[Session], None], message: str) -> None:
+        super().__init__(message)
+        self.stage = stage
+        self.message = message
 
 
 class Runner(Protocol):
@@ -45,7 +58,7 @@ class Runner(Protocol):
 def record_artifacts(session: Session, job: Job, artifacts: Iterable[dict[str, Any]]) -> None:
     """Rows for the files a result lists (each replaces an earlier one of its name)."""
     for artifact in artifacts:
-        jobs.replace_artifact(
+        replaced = jobs.replace_artifact(
             session,
             Artifact(
                 id=new_id("a"),
@@ -57,6 +70,9 @@ def record_artifacts(session: Session, job: Job, artifacts: Iterable[dict[str, A
                 content_type=artifact["content_type"],
             ),
         )
+        # An earlier attempt's file of that name goes, unless another row has its bytes.
+        for sha256 in replaced:
+            release_after_commit(session, get_store(), sha256)
 
 
 def jailed_model(row: Model, settings: Settings) -> dict[str, Any]:
@@ -74,6 +90,7 @@ def jailed_model(row: Model, settings: Settings) -> dict[str, Any]:
         "spec": model_spec(row).to_json(),
         "max_bytes": settings.max_model_bytes,
         "device": settings.worker_device,
+        "black_box": bool(row.black_box),
     }
 
 

@@ -32,7 +32,7 @@ from worker.jail import JailError, run_in_jail
 from worker.jail.config import jail_limits, jail_mode, jail_pool
 from worker.jail.errors import SANDBOX_VIOLATION
 from worker.lease import Lease
-from worker.loading import load_examples, stored_file, write_examples
+from worker.loading import load_examples, write_examples
 from worker.runners.base import jailed_model, lease_stopper, record_artifacts
 
 CHECKPOINT = "checkpoint.bin"
@@ -117,7 +117,7 @@ class TrainRunner:
                 )
             }
             if parent is not None:
-                inputs["model"] = stack.enter_context(stored_file(store, parent.file_sha256))
+                inputs["model"] = stack.enter_context(store.local_file(parent.file_sha256))
             if resume is not None:
                 checkpoint = Path(folder) / CHECKPOINT
                 checkpoint.write_bytes(resume)
@@ -138,11 +138,13 @@ class TrainRunner:
             model_file = outputs / str(measured.get("model_file", ""))
             if not model_file.is_file() or model_file.parent != outputs:
                 raise JailError(SANDBOX_VIOLATION, "The jail's training left no model file.")
-            sha256, size = store.put_bytes(model_file.read_bytes())
+            with model_file.open("rb") as handle:
+                sha256, size = store.put_stream(handle)
             artifacts = []
             export = outputs / "export.onnx"
             if export.is_file():
-                export_sha, export_size = store.put_bytes(export.read_bytes())
+                with export.open("rb") as handle:
+                    export_sha, export_size = store.put_stream(handle)
                 artifacts.append(
                     ArtifactRef(
                         name="model.onnx",

@@ -19,7 +19,6 @@ from worker.jail import JailError, run_in_jail
 from worker.jail.config import jail_mode, jail_pool, validation_limits
 from worker.jail.errors import SANDBOX_VIOLATION
 from worker.lease import Lease
-from worker.loading import stored_file
 from worker.runners.base import jailed_model, lease_stopper
 
 
@@ -39,7 +38,7 @@ class ValidateModelRunner:
             raise LookupError(f"model {job.spec['model_id']} is gone")
         lease.report(0.0, "starting", "starting the model's jail", force=True)
         payload = jailed_model(row, settings)
-        with stored_file(get_store(), row.file_sha256) as path:
+        with get_store().local_file(row.file_sha256) as path:
             result = run_in_jail(
                 "validate_model",
                 payload,
@@ -53,10 +52,21 @@ class ValidateModelRunner:
         parameters, device = result.get("parameters"), result.get("device")
         if not isinstance(parameters, int) or parameters < 0 or not isinstance(device, str):
             raise JailError(SANDBOX_VIOLATION, "The jail's validation result is malformed.")
-        return {"model_id": row.id, "valid": True, "parameters": parameters, "device": device}
+        black_box = result.get("black_box", False)
+        if not isinstance(black_box, bool):
+            raise JailError(SANDBOX_VIOLATION, "The jail's validation result is malformed.")
+        return {
+            "model_id": row.id,
+            "valid": True,
+            "parameters": parameters,
+            "device": device,
+            "black_box": black_box,
+        }
 
     def on_success(self, session: Session, job: Job, result: dict[str, Any]) -> None:
         models.set_status(session, job.spec["model_id"], ModelStatus.READY, None, utcnow())
+        if result.get("black_box"):
+            models.mark_black_box(session, job.spec["model_id"], utcnow())
 
     def on_failure(self, session: Session, job: Job, error: dict[str, Any]) -> None:
         models.set_status(session, job.spec["model_id"], ModelStatus.INVALID, error, utcnow())
