@@ -206,6 +206,9 @@ class Settings(BaseSettings):
             self.broker_visibility_timeout = 2 * self.job_time_limit_seconds
         if self.metrics_token is not None and not self.metrics_token.get_secret_value():
             self.metrics_token = None
+        # Likewise an empty link secret is none (never an empty HMAC key).
+        if self.link_signing_secret is not None and not self.link_signing_secret.get_secret_value():
+            self.link_signing_secret = None
         if self.heartbeat_seconds >= self.lease_seconds:
             raise ValueError("heartbeat_seconds must be shorter than lease_seconds")
         if self.environment == "production":
@@ -213,13 +216,11 @@ class Settings(BaseSettings):
                 raise ValueError("GAUNTLET_API_KEY_PEPPER must be set in production")
             if self.link_signing_secret is None:
                 raise ValueError("GAUNTLET_LINK_SIGNING_SECRET must be set in production")
-            if self.link_signing_secret.get_secret_value() in (
-                "",
-                self.api_key_pepper.get_secret_value(),
+            if (
+                self.link_signing_secret.get_secret_value()
+                == self.api_key_pepper.get_secret_value()
             ):
-                raise ValueError(
-                    "GAUNTLET_LINK_SIGNING_SECRET must be non-empty and differ from the pepper"
-                )
+                raise ValueError("GAUNTLET_LINK_SIGNING_SECRET must differ from the pepper")
             if self.database_url.startswith("sqlite"):
                 raise ValueError("production needs GAUNTLET_DATABASE_URL (Postgres), not SQLite")
             if self.metrics_token is None:

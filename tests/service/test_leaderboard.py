@@ -187,13 +187,21 @@ def test_rotating_the_pepper_keeps_links_valid_and_rotating_the_link_secret_ends
 
 
 def test_production_needs_its_own_link_secret() -> None:
-    production = {"environment": "production", "database_url": "postgresql://x/y"}
+    production = {
+        "environment": "production",
+        "database_url": "postgresql://x/y",
+        "metrics_token": "m" * 32,
+    }
     pepper = SecretStr("a-real-pepper")
     with pytest.raises(ValueError, match="LINK_SIGNING_SECRET must be set"):
         Settings(**production, api_key_pepper=pepper)
-    with pytest.raises(ValueError, match="differ from the pepper"):
+    with pytest.raises(ValueError, match="must differ from the pepper"):
         Settings(**production, api_key_pepper=pepper, link_signing_secret=pepper)
     Settings(**production, api_key_pepper=pepper, link_signing_secret=SecretStr("another"))
+    # An empty value (``GAUNTLET_LINK_SIGNING_SECRET=`` in a compose file) is no secret.
+    with pytest.raises(ValueError, match="LINK_SIGNING_SECRET must be set"):
+        Settings(**production, api_key_pepper=pepper, link_signing_secret=SecretStr(""))
+    assert Settings(link_signing_secret=SecretStr("")).link_signing_secret is None
 
 
 @pytest.mark.parametrize("signed", [False, True])
