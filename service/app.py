@@ -10,6 +10,7 @@ from service import architectures, health, logs, presets
 from service.datasets.router import router as datasets_router
 from service.jobs.events import make_watcher
 from service.jobs.router import router as jobs_router
+from service.leaderboard.router import router as leaderboard_router
 from service.limits import RequestGuard
 from service.models.router import router as models_router
 from service.problems import Problem, install_handlers, problem_openapi
@@ -47,6 +48,7 @@ def create_app() -> FastAPI:
         models_router,
         datasets_router,
         jobs_router,
+        leaderboard_router,
         architectures.router,
         presets.router,
     ):

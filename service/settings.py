@@ -66,6 +66,20 @@ class Settings(BaseSettings):
         SecretStr(_DEV_PEPPER), description="Secret mixed into API key hashes (HMAC-SHA256)."
     )
 
+    link_signing_secret: SecretStr | None = Field(
+        None,
+        description="Secret that signs report and leaderboard links, separate from the pepper "
+        "so either rotates alone (rotating it ends every link). Required in production; in "
+        "development it defaults to a key derived from the pepper.",
+    )
+    report_link_seconds: int = Field(
+        7 * 24 * 3600,
+        ge=60,
+        le=366 * 24 * 3600,
+        description="How long a signed report or leaderboard link stays valid (default 7 days, "
+        "long enough for a pull request's review).",
+    )
+
     host: str = Field("127.0.0.1", description="API bind address.")
     port: int = Field(8000, description="API port.")
     public_url: str = Field("", description="URL printed for users; default http://host:port.")
@@ -207,11 +221,21 @@ class Settings(BaseSettings):
             self.broker_visibility_timeout = 2 * self.job_time_limit_seconds
         if self.metrics_token is not None and not self.metrics_token.get_secret_value():
             self.metrics_token = None
+        # Likewise an empty link secret is none (never an empty HMAC key).
+        if self.link_signing_secret is not None and not self.link_signing_secret.get_secret_value():
+            self.link_signing_secret = None
         if self.heartbeat_seconds >= self.lease_seconds:
             raise ValueError("heartbeat_seconds must be shorter than lease_seconds")
         if self.environment == "production":
             if self.api_key_pepper.get_secret_value() == _DEV_PEPPER:
                 raise ValueError("GAUNTLET_API_KEY_PEPPER must be set in production")
+            if self.link_signing_secret is None:
+                raise ValueError("GAUNTLET_LINK_SIGNING_SECRET must be set in production")
+            if (
+                self.link_signing_secret.get_secret_value()
+                == self.api_key_pepper.get_secret_value()
+            ):
+                raise ValueError("GAUNTLET_LINK_SIGNING_SECRET must differ from the pepper")
             if self.database_url.startswith("sqlite"):
                 raise ValueError("production needs GAUNTLET_DATABASE_URL (Postgres), not SQLite")
             if self.metrics_token is None:

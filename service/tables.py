@@ -87,6 +87,9 @@ class Model(Base):
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     tenant_id: Mapped[str] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
     name: Mapped[str] = mapped_column(String(200))
+    # 1, 2, ... per tenant and name, in upload (or training) order; deleted versions keep
+    # their number, so a version never names two models.
+    version: Mapped[int] = mapped_column(Integer)
     format: Mapped[str] = mapped_column(String(20))
     input_shape: Mapped[list[int]] = mapped_column(JSONType)
     num_classes: Mapped[int] = mapped_column(Integer)
@@ -106,7 +109,10 @@ class Model(Base):
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
     deleted_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
-    __table_args__ = (Index("ix_models_tenant_id_id", "tenant_id", "id"),)
+    __table_args__ = (
+        Index("ix_models_tenant_id_id", "tenant_id", "id"),
+        UniqueConstraint("tenant_id", "name", "version", name="uq_models_tenant_name_version"),
+    )
 
 
 class Dataset(Base):

@@ -11,6 +11,7 @@ import numpy as np
 from service.database import session_scope
 from service.jobs import repository as jobs
 from service.jobs.service import create_job
+from service.models.repository import add_version
 from service.settings import Settings
 from service.storage import get_store
 from service.tables import Dataset, Job, Model, ModelStatus, new_id
@@ -39,7 +40,10 @@ def model_row(
     }
     values.update(overrides)
     with session_scope() as session:
-        session.add(Model(**values))
+        if "version" in values:
+            session.add(Model(**values))
+        else:
+            add_version(session, Model(**values))
     return str(values["id"])
 
 

@@ -12,6 +12,7 @@ from service.jobs import events, repository, service
 from service.jobs.kinds import JobSpec
 from service.jobs.report import render_report
 from service.jobs.schemas import ArtifactRead, JobList, JobRead, ReportLink
+from service.pages import html_page
 from service.pagination import Cursor, Limit, next_cursor
 from service.problems import ProblemError, not_found, problem_responses
 from service.storage import get_store
@@ -149,7 +150,12 @@ def cancel_job(principal: PrincipalDep, session: SessionDep, job_id: str) -> Job
     return JobRead.from_row(service.cancel(session, principal, job_id, store=get_store()))
 
 
-@router.get("/{job_id}/report", response_class=HTMLResponse, name="job_report")
+@router.get(
+    "/{job_id}/report",
+    response_class=HTMLResponse,
+    name="job_report",
+    responses=problem_responses(410),
+)
 def job_report(
     principal: OptionalPrincipalDep,
     session: SessionDep,
@@ -169,18 +175,23 @@ def job_report(
             headers={"WWW-Authenticate": "Bearer"},
         )
     per_sample, input_range = service.report_inputs(session, job, get_store())
-    return HTMLResponse(
+    return html_page(
         render_report(JobRead.from_row(job), per_sample=per_sample, input_range=input_range)
     )
 
 
 @router.post("/{job_id}/report-link")
 def report_link(
-    principal: PrincipalDep, session: SessionDep, job_id: str, request: Request
+    principal: PrincipalDep,
+    session: SessionDep,
+    settings: SettingsDep,
+    job_id: str,
+    request: Request,
 ) -> ReportLink:
-    """A link that opens the job's report in a browser without the API key, for an hour."""
+    """A link that opens the job's report in a browser without the API key, until it
+    expires (GAUNTLET_REPORT_LINK_SECONDS, 7 days by default)."""
     job = service.get_job(session, principal, job_id)
-    token, expires_at = service.report_link(principal, job)
+    token, expires_at = service.report_link(principal, job, seconds=settings.report_link_seconds)
     url = request.url_for("job_report", job_id=job.id).include_query_params(token=token)
     return ReportLink(url=str(url), expires_at=expires_at)
 

@@ -20,7 +20,7 @@ from service.jobs.specs import request_hash
 from service.models import repository as models
 from service.problems import FieldError, ProblemError, invalid, not_found
 from service.queue import send_job
-from service.security import report_token, report_token_valid
+from service.security import LinkCheck, check_report_token, report_token, token_expiry
 from service.settings import Settings
 from service.storage import ArtifactStore
 from service.tables import Job, JobStatus, new_id
@@ -28,7 +28,6 @@ from service.tenants.service import Principal
 
 # The per-example export an audit stores (the report's gallery reads it).
 PER_SAMPLE_ARTIFACT = "per_sample.npz"
-REPORT_LINK_SECONDS = 3600
 
 QUEUED_PROGRESS = {"fraction": 0.0, "stage": "queued", "message": "waiting for a worker"}
 
@@ -222,18 +221,33 @@ def check_tenant_capacity(session: Session, principal: Principal, settings: Sett
         )
 
 
+def link_expired(what: str, expires: int, renew: str) -> ProblemError:
+    """The 410 of a genuine signed link past its expiry: it says how to get a new one."""
+    when = dt.datetime.fromtimestamp(expires, dt.UTC).isoformat(timespec="seconds")
+    return ProblemError(
+        410, "link_expired", f"this {what} link expired at {when}; ask for a new one: {renew}"
+    )
+
+
 def get_job_by_report_token(session: Session, job_id: str, token: str) -> Job:
-    """The job a signed report link opens; the same 404 as a missing job otherwise."""
+    """The job a signed report link opens; a 410 when the link is genuine but expired, the
+    same 404 as a missing job for anything else."""
     job = repository.get_any(session, job_id)
-    if job is None or not report_token_valid(token, job.tenant_id, job.id, time.time()):
+    check = (
+        LinkCheck.INVALID
+        if job is None
+        else check_report_token(token, job.tenant_id, job.id, time.time())
+    )
+    if job is None or check is LinkCheck.INVALID:
         raise not_found("job", job_id)
+    if check is LinkCheck.EXPIRED:
+        raise link_expired("report", token_expiry(token), f"POST /v1/jobs/{job_id}/report-link")
     return job
 
 
-def report_link(
-    principal: Principal, job: Job, *, seconds: int = REPORT_LINK_SECONDS
-) -> tuple[str, dt.datetime]:
-    """A token for a link that opens ``job``'s report without the API key, and its expiry."""
+def report_link(principal: Principal, job: Job, *, seconds: int) -> tuple[str, dt.datetime]:
+    """A token for a link that opens ``job``'s report without the API key, and its expiry
+    ``seconds`` from now."""
     expires = int(time.time()) + seconds
     return (
         report_token(principal.tenant_id, job.id, expires),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Form, Response, UploadFile
+from fastapi import APIRouter, Form, Query, Response, UploadFile
 from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 
@@ -58,7 +58,7 @@ def parse_meta(raw: str, settings: Settings) -> ModelMeta:
 @router.post(
     "",
     status_code=202,
-    responses=problem_responses(400),
+    responses=problem_responses(400, 409),
     form_limits={
         "max_files": 1,
         "max_fields": UPLOAD_MAX_FIELDS,
@@ -92,10 +92,22 @@ def upload_model(
 
 @router.get("")
 def list_models(
-    principal: PrincipalDep, session: SessionDep, limit: Limit = 50, cursor: Cursor = None
+    principal: PrincipalDep,
+    session: SessionDep,
+    limit: Limit = 50,
+    cursor: Cursor = None,
+    name: Annotated[
+        str | None,
+        Query(min_length=1, max_length=200, description="Only this name's versions."),
+    ] = None,
+    version: Annotated[
+        int | None, Query(ge=1, description="Only this version (with or without name).")
+    ] = None,
 ) -> ModelList:
-    """List the tenant's models, newest first."""
-    rows = repository.list_page(session, principal.tenant_id, limit=limit, cursor=cursor)
+    """List the tenant's models, newest first (with ``name``: that name's versions)."""
+    rows = repository.list_page(
+        session, principal.tenant_id, limit=limit, cursor=cursor, name=name, version=version
+    )
     return ModelList(
         items=[ModelRead.from_row(r) for r in rows],
         next_cursor=next_cursor([r.id for r in rows], limit),

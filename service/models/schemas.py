@@ -139,6 +139,10 @@ class ModelRead(BaseModel):
 
     id: str
     name: str
+    version: int = Field(
+        description="1, 2, ... per name: uploading (or training) under an existing name makes "
+        "its next version."
+    )
     format: str
     input_shape: list[int]
     num_classes: int
@@ -169,6 +173,7 @@ class ModelRead(BaseModel):
         return cls(
             id=row.id,
             name=row.name,
+            version=row.version,
             format=row.format,
             input_shape=row.input_shape,
             num_classes=row.num_classes,

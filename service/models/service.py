@@ -52,7 +52,12 @@ def upload_model(
         file_size=size,
         status=ModelStatus.VALIDATING,
     )
-    repository.add(session, model)
+    try:
+        repository.add_version(session, model)
+    except repository.VersionConflict:
+        raise ProblemError(
+            409, "version_conflict", f"too many concurrent uploads of {meta.name!r}; retry"
+        ) from None
     job = jobs.create_job(
         session,
         tenant_id=principal.tenant_id,

@@ -354,7 +354,12 @@ def test_expired_report_link_is_refused(client: TestClient, tenant, model_id) ->
     job = submit(client, tenant.headers, audit_spec(model_id)).json()
     expired = report_token(tenant.id, job["id"], 1_000_000)
     response = client.get(f"/v1/jobs/{job['id']}/report", params={"token": expired})
-    assert response.status_code == 404
+    # A genuine link past its expiry says so (410) and how to get a new one.
+    assert response.status_code == 410, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["code"] == "link_expired"
+    assert "1970-01-12T13:46:40+00:00" in response.json()["detail"]
+    assert "report-link" in response.json()["detail"]
 
 
 def test_a_created_job_is_committed_before_the_response_is_sent(settings, tenant, model_id) -> None:

@@ -95,6 +95,7 @@ def test_production_refuses_open_metrics() -> None:
         "environment": "production",
         "api_key_pepper": "a-real-pepper-0123456789abcdef",
         "database_url": "postgresql+psycopg://gauntlet@db/gauntlet",
+        "link_signing_secret": "another-real-secret",
     }
     with pytest.raises(ValidationError, match="GAUNTLET_METRICS_TOKEN"):
         Settings(**production)

@@ -42,6 +42,8 @@ def train_spec(**overrides: object) -> dict[str, object]:
 
 def test_a_trained_model_is_registered_with_its_lineage_and_audited(settings, make_tenant) -> None:  # type: ignore[no-untyped-def]
     tenant = make_tenant()
+    # An earlier model under the spec's name: the trained one is its next version.
+    model_row(tenant.id, name="digits-fgsm")
     spec = train_spec(audit={"attacks": [{"name": "fgsm", "eps": [0.1]}], "limit": 60})
     job_id = queued_job(settings, tenant.id, spec)
     assert execute_job(job_id) == "succeeded", job_row(job_id).error
@@ -61,6 +63,7 @@ def test_a_trained_model_is_registered_with_its_lineage_and_audited(settings, ma
             "safetensors",
         )
         assert model.architecture == {"name": "small_cnn", "kwargs": {"channels": [8, 16]}}
+        assert (model.name, model.version) == ("digits-fgsm", 2)
         names = {a.name for a in repository.list_artifacts(session, job_id)}
     assert names == {CHECKPOINT, "model.onnx"}
     page = render_report(JobRead.from_row(job_row(job_id)))

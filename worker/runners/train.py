@@ -199,7 +199,7 @@ class TrainRunner:
     def on_success(self, session: Session, job: Job, result: dict[str, Any]) -> None:
         spec = TrainSpec.model_validate(job.spec)
         registration = result["model"]
-        models.add(
+        models.add_version(
             session,
             Model(
                 id=result["model_id"],

@@ -1,0 +1,1 @@
+"""The tenant's leaderboard: every model version and its latest audit."""
