@@ -84,8 +84,8 @@ def create_app() -> FastAPI:
 
 def _document_as_served(app: FastAPI, public_paths: set[str]) -> None:
     """The OpenAPI document says what the service does: problems as problem+json, and the
-    bearer key on every operation but the public ones (and the report, which also opens with
-    a signed link's token)."""
+    bearer key on every operation but the public ones (and the report and the leaderboard, which
+    also open with a signed link's token)."""
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -106,7 +106,9 @@ def _document_as_served(app: FastAPI, public_paths: set[str]) -> None:
                         operation["security"] = [{"metricsToken": []}, {}]
                     elif path in public_paths:
                         operation["security"] = []
-                    elif operation.get("operationId", "").startswith("job_report_"):
+                    elif operation.get("operationId", "").startswith(
+                        ("job_report_", "leaderboard_v1_leaderboard_get")
+                    ):
                         operation["security"] = [{"apiKey": []}, {}]
             for name, component in schema["components"].get("schemas", {}).items():
                 if name.startswith("Body_") and component.get("type") == "object":

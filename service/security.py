@@ -44,6 +44,10 @@ def _link_key() -> bytes:
     return hmac.new(_pepper(), b"gauntlet link signing key", hashlib.sha256).digest()
 
 
+# What a signed link's token looks like: "<expires>.<hex digest>".
+LINK_TOKEN_PATTERN = r"^[0-9]+\.[0-9a-f]+$"
+
+
 def _sign(message: str, expires: int) -> str:
     digest = hmac.new(_link_key(), f"{message}:{expires}".encode(), hashlib.sha256).hexdigest()
     return f"{expires}.{digest}"

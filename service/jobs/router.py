@@ -110,6 +110,17 @@ EVENT_STREAM_DESCRIPTION = (
     "`GET /v1/jobs/{id}` returns it, and the stream ends. A comment line (`: keep-alive`) "
     "every 15 seconds meanwhile."
 )
+# One event of the stream, as a client's parser sees it (the data is JSON text).
+SERVER_SENT_EVENT = {
+    "type": "object",
+    "properties": {
+        "event": {"type": "string", "enum": ["progress", "status"]},
+        "data": {"type": "string", "description": "JSON: the progress, or the job when final."},
+        "id": {"type": "string"},
+        "retry": {"type": "integer"},
+    },
+    "required": ["data"],
+}
 
 
 @router.get("/{job_id}", responses=problem_responses(503))
@@ -126,7 +137,7 @@ async def get_job(
     responses={
         200: {
             "description": EVENT_STREAM_DESCRIPTION,
-            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            "content": {"text/event-stream": {"schema": SERVER_SENT_EVENT}},
         },
         **problem_responses(503),
     },

@@ -15,11 +15,12 @@ from service.leaderboard import service
 from service.leaderboard.page import render_leaderboard
 from service.pages import html_page
 from service.problems import ProblemError, problem_responses
-from service.security import report_token
+from service.security import LINK_TOKEN_PATTERN, report_token
 
 router = APIRouter(prefix="/v1", tags=["leaderboard"])
 
 FROM_LINK = "From POST /v1/leaderboard-link."
+ID_PATTERN = r"^[A-Za-z0-9_]+$"
 
 
 class LeaderboardLink(BaseModel):
@@ -40,8 +41,12 @@ def leaderboard(
     session: SessionDep,
     settings: SettingsDep,
     request: Request,
-    tenant: Annotated[str | None, Query(max_length=40, description=FROM_LINK)] = None,
-    token: Annotated[str | None, Query(max_length=200, description=FROM_LINK)] = None,
+    tenant: Annotated[
+        str | None, Query(max_length=40, pattern=ID_PATTERN, description=FROM_LINK)
+    ] = None,
+    token: Annotated[
+        str | None, Query(max_length=200, pattern=LINK_TOKEN_PATTERN, description=FROM_LINK)
+    ] = None,
 ) -> HTMLResponse:
     """Every model version of the team with its latest audit, and a trend chart per name
     (the API key, or a signed link's tenant and token)."""

@@ -101,7 +101,8 @@ def list_models(
         Query(min_length=1, max_length=200, description="Only this name's versions."),
     ] = None,
     version: Annotated[
-        int | None, Query(ge=1, description="Only this version (with or without name).")
+        int | None,
+        Query(ge=1, le=2**31 - 1, description="Only this version (with or without name)."),
     ] = None,
 ) -> ModelList:
     """List the tenant's models, newest first (with ``name``: that name's versions)."""
