@@ -7,7 +7,6 @@ import datetime as dt
 import json
 import threading
 import time
-from collections.abc import Callable
 
 import pytest
 from fastapi.testclient import TestClient
@@ -59,12 +58,6 @@ def finish(job_id: str) -> None:
             now=utcnow(),
             error={"code": "test", "message": "finished by the test"},
         )
-
-
-def later(seconds: float, action: Callable[[], None]) -> threading.Timer:
-    timer = threading.Timer(seconds, action)
-    timer.start()
-    return timer
 
 
 def events_of(text: str) -> list[tuple[str, str]]:
