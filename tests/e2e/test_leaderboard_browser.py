@@ -21,7 +21,8 @@ from tests.e2e.test_service import FINAL, upload_model
 from tests.model_files import meta, onnx_bytes
 from tests.trained import trained_digits_cnn
 
-pytestmark = pytest.mark.e2e
+# artifacts: CI runs these again with the S3 store (GAUNTLET_TEST_ARTIFACT_STORE=s3).
+pytestmark = [pytest.mark.e2e, pytest.mark.artifacts]
 
 
 def _version(noise: float) -> bytes:

@@ -21,7 +21,8 @@ from tests.sklearn_models import sklearn_onnx
 from tests.trained import trained_digits_cnn
 from worker.loading import subset
 
-pytestmark = pytest.mark.e2e
+# artifacts: CI runs these again with the S3 store (GAUNTLET_TEST_ARTIFACT_STORE=s3).
+pytestmark = [pytest.mark.e2e, pytest.mark.artifacts]
 
 FINAL = ("succeeded", "failed", "cancelled")
 LIMIT = 200

@@ -27,7 +27,8 @@ from tests.model_files import digits_onnx, onnx_bytes
 from tests.sklearn_models import sklearn_onnx
 from tests.trained import digits_arrays, train, trained_digits_cnn
 
-pytestmark = pytest.mark.e2e
+# artifacts: CI runs these again with the S3 store (GAUNTLET_TEST_ARTIFACT_STORE=s3).
+pytestmark = [pytest.mark.e2e, pytest.mark.artifacts]
 
 SKLEARN = {"logreg": "logistic_regression", "svm": "svc", "tree": "decision_tree", "knn": "knn"}
 # The heat-map's most intense red (service/jobs/charts.py heat_colour(1.0) is #b2182b).

@@ -8,6 +8,9 @@ import pytest
 
 from tests.factories import audit_spec, model_row
 
+# Stores files (models, datasets, job artifacts): CI runs these again with the S3 store.
+pytestmark = pytest.mark.artifacts
+
 
 @pytest.fixture
 def tenant(make_tenant):  # type: ignore[no-untyped-def]

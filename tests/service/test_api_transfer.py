@@ -13,6 +13,9 @@ from tests.factories import dataset_row, job_row, model_row
 from tests.sklearn_models import sklearn_onnx
 from worker.execution import execute_job
 
+# Stores files (models, datasets, job artifacts): CI runs these again with the S3 store.
+pytestmark = pytest.mark.artifacts
+
 
 @pytest.fixture
 def tenant(make_tenant):  # type: ignore[no-untyped-def]

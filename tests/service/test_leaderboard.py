@@ -16,6 +16,9 @@ from service.settings import Settings, get_settings
 from service.tables import Job, JobStatus
 from tests.factories import audit_spec, model_row, queued_job
 
+# Stores files (models, datasets, job artifacts): CI runs these again with the S3 store.
+pytestmark = pytest.mark.artifacts
+
 
 def succeed(
     settings: Settings,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, select, text
 
@@ -13,6 +14,9 @@ from service.models.repository import add_version
 from service.storage import get_store
 from service.tables import Model, ModelStatus, new_id
 from tests.service.test_api_models import ONNX_META, upload
+
+# Stores files (models, datasets, job artifacts): CI runs these again with the S3 store.
+pytestmark = pytest.mark.artifacts
 
 
 def test_uploads_under_one_name_are_its_versions(client: TestClient, make_tenant) -> None:

@@ -3,12 +3,16 @@ score-based attacks only, and its result says so."""
 
 from __future__ import annotations
 
+import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
 from tests.factories import job_row, model_row
 from tests.sklearn_models import sklearn_onnx
 from worker.execution import execute_job
+
+# Stores files (models, datasets, job artifacts): CI runs these again with the S3 store.
+pytestmark = pytest.mark.artifacts
 
 
 def test_a_black_box_audit_runs_square_and_notes_it(settings, make_tenant) -> None:  # type: ignore[no-untyped-def]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 import torch
 from fastapi.testclient import TestClient
 from sqlalchemy import update
@@ -29,6 +30,9 @@ from tests.trained import trained_digits_cnn
 from worker.execution import execute_job
 from worker.lease import Lease
 from worker.loading import subset
+
+# Stores files (models, datasets, job artifacts): CI runs these again with the S3 store.
+pytestmark = pytest.mark.artifacts
 
 LIMIT = 60
 ATTACK = {"name": "pgd", "norm": "linf", "eps": [0.1, 0.2], "steps": 4}
