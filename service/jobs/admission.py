@@ -110,12 +110,18 @@ def ready_model(session: Session, principal: Principal, model_id: str) -> Model:
     return model
 
 
-def check_audit_fits(
-    spec: AuditSpec, model: Model, dataset: DatasetRead, settings: Settings
-) -> None:
-    """Refuse an audit whose data, labels, eps or attacks cannot work with its model, or
-    whose size is beyond what one job may take."""
-    if spec.split not in dataset.splits:
+def check_dataset_fits(
+    split: str,
+    limit: int | None,
+    dataset: DatasetRead,
+    model: Model,
+    settings: Settings,
+    work: str,
+) -> int:
+    """Refuse a dataset whose split, shape, labels or values do not fit ``model`` (for a
+    transfer: every source and target, which admission checked agree), or that gives more
+    examples than one job may take; the number of examples the job will use."""
+    if split not in dataset.splits:
         raise invalid("split", f"dataset {dataset.id!r} has splits {sorted(dataset.splits)}")
     if list(dataset.example_shape) != list(model.input_shape):
         raise invalid(
@@ -136,15 +142,27 @@ def check_audit_fits(
             "dataset_id",
             f"values span {dataset.value_range} but the model's input_range is [{lower}, {upper}]",
         )
-    examples = min(spec.limit or dataset.splits[spec.split], dataset.splits[spec.split])
+    examples = min(limit or dataset.splits[split], dataset.splits[split])
     if examples > settings.max_examples_per_job:
         raise invalid(
             "limit",
-            f"this audit would evaluate {examples} examples; at most "
+            f"{work} {examples} examples; at most "
             f"{settings.max_examples_per_job} per job (set 'limit')",
         )
+    return examples
+
+
+def check_audit_fits(
+    spec: AuditSpec, model: Model, dataset: DatasetRead, settings: Settings
+) -> None:
+    """Refuse an audit whose data, labels, eps or attacks cannot work with its model, or
+    whose size is beyond what one job may take."""
+    examples = check_dataset_fits(
+        spec.split, spec.limit, dataset, model, settings, "this audit would evaluate"
+    )
     for where, reason in spec.refusals(model.num_classes):
         raise invalid(where, reason)
+    lower, upper = model.input_range
     span = upper - lower
     dims = math.prod(model.input_shape)
     for where, attack in spec.sourced_attacks():
@@ -306,33 +324,10 @@ def admit_transfer(
                 f"{first.input_range}: eps would not mean the same thing for both",
             )
     dataset = get_dataset(session, principal, spec.dataset_id)
-    if spec.split not in dataset.splits:
-        raise invalid("split", f"dataset {dataset.id!r} has splits {sorted(dataset.splits)}")
-    if list(dataset.example_shape) != list(first.input_shape):
-        raise invalid(
-            "dataset_id",
-            f"examples have shape {dataset.example_shape} but the models take {first.input_shape}",
-        )
-    if dataset.num_classes > first.num_classes:
-        raise invalid(
-            "dataset_id",
-            f"labels go up to {dataset.num_classes - 1} but the models have "
-            f"{first.num_classes} classes",
-        )
+    examples = check_dataset_fits(
+        spec.split, spec.limit, dataset, first, settings, "this transfer would craft on"
+    )
     lower, upper = first.input_range
-    tolerance = 1e-6 * (upper - lower)
-    if dataset.value_range[0] < lower - tolerance or dataset.value_range[1] > upper + tolerance:
-        raise invalid(
-            "dataset_id",
-            f"values span {dataset.value_range} but the models' input_range is [{lower}, {upper}]",
-        )
-    examples = min(spec.limit or dataset.splits[spec.split], dataset.splits[spec.split])
-    if examples > settings.max_examples_per_job:
-        raise invalid(
-            "limit",
-            f"this transfer would craft on {examples} examples; at most "
-            f"{settings.max_examples_per_job} per job (set 'limit')",
-        )
     span = upper - lower
     largest = span if spec.attack.norm == "linf" else span * math.sqrt(math.prod(first.input_shape))
     for eps in spec.attack.radii():
