@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import io
 from typing import Any
 
 import numpy as np
 
-from service.database import session_scope
+from service.database import session_scope, utcnow
 from service.jobs import repository as jobs
 from service.jobs.service import create_job
 from service.models.repository import add_version
 from service.settings import Settings
 from service.storage import get_store
-from service.tables import Dataset, Job, Model, ModelStatus, new_id
+from service.tables import Dataset, Job, JobStatus, Model, ModelStatus, new_id
 
 
 def model_row(
@@ -109,6 +110,27 @@ def queued_job(settings: Settings, tenant_id: str, spec: dict[str, Any]) -> str:
             settings=settings,
         )
         return job.id
+
+
+def running_job(tenant_id: str, owner: str, fraction: float = 0.1) -> str:
+    """An audit that a (pretend) worker ``owner`` holds for an hour: nothing changes it
+    until the test does."""
+    job_id = new_id("j")
+    with session_scope() as session:
+        session.add(
+            Job(
+                id=job_id,
+                tenant_id=tenant_id,
+                kind="audit",
+                spec={},
+                status=JobStatus.RUNNING,
+                progress={"fraction": fraction, "stage": "attack", "message": "fgsm"},
+                lease_owner=owner,
+                lease_expires_at=utcnow() + dt.timedelta(hours=1),
+                started_at=utcnow(),
+            )
+        )
+    return job_id
 
 
 def job_row(job_id: str) -> Job | None:

@@ -8,8 +8,7 @@ import numpy as np
 import torch
 
 from adversarial.datasets import load_builtin
-from adversarial.models.loading import ModelSpec, load_model
-from adversarial.models.wrapper import InputSpaceModel
+from adversarial.models.loading import ModelSpec
 from service.datasets.builtin import BUILTIN_PREFIX
 from service.datasets.reader import DatasetLimits, read_dataset
 from service.settings import Settings
@@ -38,13 +37,6 @@ def model_spec(row: Model) -> ModelSpec:
         normalization=normalization,
         architecture=architecture.get("name"),
         architecture_kwargs=architecture.get("kwargs", {}),
-    )
-
-
-def load_user_model(row: Model, store: ArtifactStore, settings: Settings) -> InputSpaceModel:
-    """Load an uploaded model through the engine's safe loaders (never a pickle loader)."""
-    return load_model(
-        store.read_bytes(row.file_sha256), model_spec(row), max_bytes=settings.max_model_bytes
     )
 
 

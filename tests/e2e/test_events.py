@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import threading
 import time
@@ -12,7 +11,7 @@ import pytest
 
 from service.database import session_scope, utcnow
 from service.jobs import repository
-from service.tables import Job, JobStatus, new_id
+from tests import factories
 from tests.e2e.conftest import LiveService
 from tests.e2e.test_service import upload_model
 from tests.model_files import digits_onnx, meta
@@ -65,23 +64,7 @@ def test_event_stream_of_a_real_audit(live_service: LiveService) -> None:
 
 
 def running_job(tenant_id: str) -> str:
-    """A job a (pretend) worker holds: nothing changes it until the test does."""
-    job_id = new_id("j")
-    with session_scope() as session:
-        session.add(
-            Job(
-                id=job_id,
-                tenant_id=tenant_id,
-                kind="audit",
-                spec={},
-                status=JobStatus.RUNNING,
-                progress={"fraction": 0.2, "stage": "attack", "message": "fgsm"},
-                lease_owner=OWNER,
-                lease_expires_at=utcnow() + dt.timedelta(hours=1),
-                started_at=utcnow(),
-            )
-        )
-    return job_id
+    return factories.running_job(tenant_id, OWNER, 0.2)
 
 
 def test_long_poll_returns_early_on_a_change_and_at_the_timeout(

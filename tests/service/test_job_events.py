@@ -3,7 +3,6 @@ test changes from another thread, as a worker would."""
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import threading
 import time
@@ -13,7 +12,8 @@ from fastapi.testclient import TestClient
 
 from service.database import session_scope, utcnow
 from service.jobs import repository
-from service.tables import Job, JobStatus, new_id
+from service.tables import JobStatus
+from tests import factories
 
 OWNER = "test-worker"
 
@@ -24,22 +24,7 @@ def tenant(make_tenant):
 
 
 def running_job(tenant_id: str) -> str:
-    job_id = new_id("j")
-    with session_scope() as session:
-        session.add(
-            Job(
-                id=job_id,
-                tenant_id=tenant_id,
-                kind="audit",
-                spec={},
-                status=JobStatus.RUNNING,
-                progress={"fraction": 0.1, "stage": "attack", "message": "fgsm"},
-                lease_owner=OWNER,
-                lease_expires_at=utcnow() + dt.timedelta(hours=1),
-                started_at=utcnow(),
-            )
-        )
-    return job_id
+    return factories.running_job(tenant_id, OWNER, 0.1)
 
 
 def write_progress(job_id: str, fraction: float) -> None:

@@ -23,6 +23,7 @@ from service.jobs import repository
 from service.jobs.service import create_job
 from service.storage import get_store
 from service.tables import Job
+from tests.e2e.test_transfer import NUMBERS as CELL_NUMBERS
 from tests.factories import job_row, model_row
 from tests.model_files import digits_onnx, onnx_bytes
 from tests.sklearn_models import sklearn_onnx
@@ -131,17 +132,7 @@ def test_a_transfer_matrix_through_parts_equals_the_one_process_matrix(  # type:
         ]
         for cell, entry in zip(result["cells"], reference.entries, strict=True):
             expected = entry.cell
-            for name in (
-                "examples",
-                "target_clean_correct",
-                "target_adversarial_correct",
-                "fooled",
-                "agreeing",
-                "clean_accuracy",
-                "accuracy",
-                "error_rate",
-                "wrong_class_agreement",
-            ):
+            for name in CELL_NUMBERS:
                 assert cell[name] == getattr(expected, name), (cell, name)
             assert cell["reused"] is False
         for crafted in result["crafted"]:
