@@ -234,6 +234,13 @@ class _MountPlan:
                 self._folders.add(parent)
                 self.arguments += ["--perms", "0755", "--dir", parent]
 
+    def tmpfs(self, path: str, size: int) -> None:
+        """A private, world-writable tmpfs at ``path`` (a folder binds may go inside)."""
+        for parent in _parents(path):
+            self.folder(parent)
+        self._folders.add(path)
+        self.arguments += ["--size", str(size), "--perms", "1777", "--tmpfs", path]
+
     def bind(self, option: str, source: str, destination: str) -> None:
         for parent in _parents(destination):
             self.folder(parent)
@@ -274,6 +281,9 @@ def namespace_command(
     else:
         arguments += ["--unshare-user", "--disable-userns"]
     plan = _MountPlan()
+    # The private /tmp first: an interpreter, virtualenv or checkout under the host's /tmp
+    # is bound on top of it below (mounted after it, it would hide them).
+    plan.tmpfs("/tmp", TMP_BYTES)
     for link in TOP_LEVEL_LINKS:
         if os.path.islink(link):
             plan.arguments += ["--symlink", os.readlink(link), link]
@@ -293,7 +303,6 @@ def namespace_command(
         plan.arguments += ["--dev-bind", device, device]
     if nvidia:
         plan.arguments += ["--ro-bind-try", "/sys", "/sys"]
-    plan.arguments += ["--size", str(TMP_BYTES), "--perms", "1777", "--tmpfs", "/tmp"]
     plan.bind("--ro-bind", str(layout.inputs), layout.inside_inputs)
     plan.bind("--bind", str(layout.scratch), layout.inside_scratch)
     plan.bind("--bind", str(layout.outputs), layout.inside_outputs)
